@@ -1,0 +1,43 @@
+# sbx developer tasks. `make test` is all a fresh Linux machine with Docker needs:
+# it installs the package (dev extras) and builds the images first.
+
+PYTHON ?= python3
+STAMPS := .sbx/stamps
+# Debian's own python3 refuses `pip install` outside a venv (PEP 668); sbx's CI runs as root
+# on a throw-away machine, so allow it there. Inside a venv this stays empty.
+PIP_FLAGS := $(shell $(PYTHON) -c 'import os, sys, sysconfig; print("--break-system-packages" if sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else "")' 2>/dev/null)
+
+.PHONY: dev lint images test demo bench clean
+
+# Install sbx in editable mode with the dev tools.
+dev:
+	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[dev]'
+	@mkdir -p $(STAMPS) && touch $(STAMPS)/dev
+
+# Reinstall only when the dependencies change.
+$(STAMPS)/dev: pyproject.toml
+	$(MAKE) dev
+
+lint: $(STAMPS)/dev
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
+
+# Build the runtime (gateway/agent/probe) and step images with mmdebstrap + docker import.
+# Always runs: it takes milliseconds when the images for the current code already exist.
+images: $(STAMPS)/dev
+	$(PYTHON) -m sbx.sandbox.images
+
+test: $(STAMPS)/dev images
+	$(PYTHON) -m pytest -q
+
+demo: $(STAMPS)/dev images
+	sbx run examples/hello/step.yaml
+
+bench: $(STAMPS)/dev images
+	@if [ -f bench/run.py ]; then $(PYTHON) bench/run.py --quick; \
+	else echo "bench/run.py does not exist yet"; fi
+
+# Remove build and tool caches and the stamps (not run evidence under .sbx/, not images).
+clean:
+	rm -rf $(STAMPS) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,18 @@
+# The sbx runtime image (egress gateway, namespace agent, probes) for machines that can pull
+# from a registry. sbx builds it itself with an in-memory context holding this file and the
+# runtime code under sbx/:
+#     python -m sbx.sandbox.images --base python:3.12-slim      (or SBX_IMAGE_BASE=...)
+# By hand, from the repository root (copies the whole package, which is harmless):
+#     docker build -f images/runtime.Dockerfile --build-arg BASE=python:3.12-slim \
+#         -t sbx-runtime:custom .
+# Without a registry, sbx makes the base with mmdebstrap instead (see sbx/sandbox/images.py).
+ARG BASE=python:3.12-slim
+FROM ${BASE}
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends iptables iproute2 \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m pip install --no-cache-dir 'dnslib>=0.9'
+COPY sbx /opt/sbx/sbx
+ENV PYTHONPATH=/opt/sbx PYTHONDONTWRITEBYTECODE=1
+LABEL sbx.managed=1
+CMD ["python3"]

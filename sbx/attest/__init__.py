@@ -1,0 +1,1 @@
+"""Evidence: in-toto Statements, signing and verification (no Docker)."""

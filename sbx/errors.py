@@ -1,0 +1,49 @@
+"""The one error family whose `diagnostics()` reaches the user.
+
+Every layer raises a subclass of `SbxError`; the CLI prints `diagnostics()` as
+one line and exits with `exit_code`. Tracebacks are shown only with `-v`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INPUT = 2
+EXIT_ENVIRONMENT = 3
+EXIT_INTERRUPTED = 130
+
+
+class SbxError(Exception):
+    """Base of every error sbx reports to a user."""
+
+    exit_code: ClassVar[int] = EXIT_ENVIRONMENT
+
+    def diagnostics(self) -> str:
+        """One line for the user: what went wrong and how to fix it."""
+        return str(self)
+
+
+class InputError(SbxError):
+    """The user's input (a file, a field, a flag) is invalid."""
+
+    exit_code = EXIT_INPUT
+
+
+class SpecError(InputError):
+    """A field of a spec file is invalid; names the file, the field and the fix."""
+
+    def __init__(self, file: str, field: str, reason: str, line: int | None = None) -> None:
+        self.file = file
+        self.field = field
+        self.reason = reason
+        self.line = line
+        where = f"{file}:{line}" if line else file
+        super().__init__(f"{where}: {field}: {reason}" if field else f"{where}: {reason}")
+
+
+class EnvironmentFailure(SbxError):
+    """The environment failed: no Docker engine, an image missing and unbuildable."""
+
+    exit_code = EXIT_ENVIRONMENT

@@ -1,0 +1,1 @@
+"""Composition: step specs, runs, records and the sbx CLI."""

@@ -1,0 +1,146 @@
+"""The `sbx` command line: a thin layer over the library.
+
+Every user-facing failure is an `SbxError`: one line on stderr and its exit code
+(2 bad input, 3 environment, 1 failed step). Tracebacks only with -v.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import json
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+import sbx
+from sbx.errors import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK, SbxError
+from sbx.pipelines.spec import load_step, step_json_schema
+from sbx.pipelines.view import LiveView
+
+
+class Command(str, enum.Enum):
+    """The sub-commands."""
+
+    RUN = "run"
+    LINT = "lint"
+    SCHEMA = "schema"
+    GC = "gc"
+    IMAGE = "image"
+    VERSION = "version"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sbx", description="Run build steps in isolated sandboxes.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(Command.RUN.value, help="run a step file in its own sandbox")
+    run.add_argument("file", type=Path)
+    run.add_argument("--out", type=Path, help="records directory (default .sbx/runs/<run-id>)")
+    run.add_argument("--workspace", type=Path, help="where inputs are read (default: the file's folder)")
+    run.add_argument("--egress-network", default=os.environ.get("SBX_EGRESS_NETWORK") or None,
+                     help="existing Docker network the gateway reaches the outside through "
+                          "(default: $SBX_EGRESS_NETWORK, else a fresh network per step)")
+    run.add_argument("--no-build", action="store_true",
+                     help="fail instead of building missing sbx images")
+    run.add_argument("-q", "--quiet", action="store_true", help="print only the result line")
+    lint = sub.add_parser(Command.LINT.value, help="validate step files without running them")
+    lint.add_argument("files", type=Path, nargs="+")
+    sub.add_parser(Command.SCHEMA.value, help="print the step file's JSON Schema")
+    gc = sub.add_parser(Command.GC.value, help="remove Docker objects left by crashed runs")
+    gc.add_argument("--run", help="only this run id")
+    image = sub.add_parser(Command.IMAGE.value, help="build sbx's images")
+    image_sub = image.add_subparsers(dest="image_command", required=True)
+    build = image_sub.add_parser("build", help="build the runtime and step images offline")
+    build.add_argument("--force", action="store_true", help="rebuild even when present")
+    build.add_argument("--base", help="build FROM this registry image instead of mmdebstrap")
+    sub.add_parser(Command.VERSION.value, help="print the version")
+    return p
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    from sbx.pipelines.run import RunOptions, run_step_file
+
+    result = run_step_file(args.file, RunOptions(out_dir=args.out, workspace=args.workspace,
+                                                 egress_network=args.egress_network,
+                                                 build_images=not args.no_build),
+                           LiveView(console, quiet=args.quiet))
+    step = result.record["step"]
+    reason = f": {step['reason']}" if step.get("reason") else ""
+    print(f"sbx: step {step['name']} {step['status']}{reason} (records in {result.out_dir})",
+          file=sys.stderr)
+    return result.exit_code
+
+
+def _lint(args: argparse.Namespace) -> int:
+    for path in args.files:
+        spec = load_step(path)
+        print(f"{path}: ok (step {spec.name}, {len(spec.egress.allow)} allow entries)")
+    return EXIT_OK
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from sbx.sandbox import engine, labels
+    from sbx.sandbox.sandbox import remove_by_label
+
+    client = engine.connect()
+    match = {labels.MANAGED: "1"} if args.run is None else {labels.RUN: args.run}
+    removed = remove_by_label(client, match)
+    for what in removed:
+        print(f"removed {what}")
+    print(f"sbx gc: {len(removed)} object(s) removed")
+    return EXIT_OK
+
+
+def _image(args: argparse.Namespace) -> int:
+    from sbx.sandbox import engine, images
+
+    client = engine.connect()
+    for tag in images.build_images(client, force=args.force, base=args.base):
+        print(tag)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sbx` console script."""
+    args = _parser().parse_args(argv)
+    console = Console(stderr=False, highlight=False)
+    try:
+        match Command(args.command):
+            case Command.RUN:
+                return _run(args, console)
+            case Command.LINT:
+                return _lint(args)
+            case Command.SCHEMA:
+                print(json.dumps(step_json_schema(), indent=2))
+                return EXIT_OK
+            case Command.GC:
+                return _gc(args)
+            case Command.IMAGE:
+                return _image(args)
+            case Command.VERSION:
+                print(f"sbx {sbx.__version__}")
+                return EXIT_OK
+    except SbxError as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"sbx: error: {exc.diagnostics()}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("sbx: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: say so in one line, trace with -v
+        if args.verbose:
+            traceback.print_exc()
+        print(f"sbx: internal error: {type(exc).__name__}: {exc} (run with -v for details)",
+              file=sys.stderr)
+        return EXIT_ENVIRONMENT
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""The records of a run on disk: run.json, events.jsonl, logs/ and outputs/.
+
+Records are written as things happen, so a failed or interrupted run still
+leaves what it saw. run.json is replaced atomically at each update.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+EventListener = Callable[[dict[str, Any]], None]
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def parse_time(value: str) -> datetime:
+    """An event timestamp (RFC 3339, Z suffix) as an aware datetime."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+class Masker:
+    """Replaces secret values with *** in anything sbx writes or prints."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._values = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def text(self, value: str) -> str:
+        for secret in self._values:
+            value = value.replace(secret, "***")
+        return value
+
+    def data(self, value: bytes) -> bytes:
+        for secret in self._values:
+            value = value.replace(secret.encode(), b"***")
+        return value
+
+
+@dataclass
+class EventLog:
+    """events.jsonl: every event, appended and flushed as it arrives."""
+
+    path: Path
+    masker: Masker
+    listeners: list[EventListener] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._fh = self.path.open("a", encoding="utf-8")
+
+    def add(self, event: dict[str, Any]) -> None:
+        """Record one event (secrets masked) and tell the listeners."""
+        line = self.masker.text(json.dumps(event, sort_keys=True, separators=(",", ":")))
+        masked = json.loads(line)
+        with self._lock:
+            self._fh.write(line + "\n")
+            self._fh.flush()
+            self.events.append(masked)
+        for listener in self.listeners:
+            listener(masked)
+
+    def close(self) -> None:
+        with self._lock:
+            self._fh.close()
+
+    def flow_counts(self, since: datetime | None) -> dict[str, int]:
+        """Decisions on the step's own traffic (after `since`) by verdict."""
+        counts: Counter[str] = Counter()
+        with self._lock:
+            events = list(self.events)
+        for e in events:
+            if not is_decision(e):
+                continue
+            if since is not None and parse_time(e["time"]) < since:
+                continue
+            counts[str(e.get("verdict"))] += 1
+        return {k: counts.get(k, 0) for k in ("allowed", "audit", "denied", "failed")}
+
+
+def is_decision(event: dict[str, Any]) -> bool:
+    """An egress decision, as opposed to lifecycle, probe or flow-close events."""
+    return (event.get("kind") in ("dns", "tcp", "udp", "icmp", "ipv6", "sctp", "icmpv6")
+            and event.get("phase") != "close" and "verdict" in event)

@@ -1,0 +1,486 @@
+"""The step file: pydantic models, validation and one-line errors.
+
+`load_step(path)` is the entry point: it loads the YAML safely
+(`sbx.pipelines.loader`), validates it against `StepSpec` and turns the first
+problem into a `SpecError` naming the file, line, dotted field and the fix.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import posixpath
+import re
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+from publicsuffixlist import PublicSuffixList
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_core import ErrorDetails
+
+from sbx.errors import SpecError
+from sbx.pipelines.loader import FieldPath, LoadedDoc, load_yaml
+from sbx.sandbox import policy as pol
+
+# --------------------------------------------------------------------------- refusals
+
+DANGEROUS_FIELDS: Final[Mapping[str, str]] = {
+    "privileged": "sbx never runs privileged containers; remove the field",
+    "cap_add": "sbx drops all capabilities and never adds any; remove the field",
+    "capabilities": "sbx drops all capabilities and never adds any; remove the field",
+    "network_mode": "sbx puts every step on its own isolated network; remove the field "
+    "and list destinations under egress.allow",
+    "network": "sbx puts every step on its own isolated network; remove the field "
+    "and list destinations under egress.allow",
+    "networks": "sbx puts every step on its own isolated network; remove the field "
+    "and list destinations under egress.allow",
+    "host_network": "sbx never shares the host network; remove the field "
+    "and list destinations under egress.allow",
+    "pid": "sbx never shares host namespaces; remove the field",
+    "ipc": "sbx never shares host namespaces; remove the field",
+    "uts": "sbx never shares host namespaces; remove the field",
+    "userns_mode": "sbx never shares host namespaces; remove the field",
+    "devices": "sbx never passes host devices into a step; remove the field",
+    "volumes": "sbx never mounts host paths; list workspace paths under inputs/outputs instead",
+    "mounts": "sbx never mounts host paths; list workspace paths under inputs/outputs instead",
+    "binds": "sbx never mounts host paths; list workspace paths under inputs/outputs instead",
+    "security_opt": "sbx sets the security options itself; remove the field",
+    "docker_socket": "sbx never gives a step the Docker socket; remove the field",
+    "sysctls": "sbx never changes kernel parameters for a step; remove the field",
+}
+"""Fields a user may try from docker/compose habits; each gets its own refusal."""
+
+_FORBIDDEN_ROOTS: Final = ("/proc", "/sys", "/dev", "/run", "/var/run")
+_DOCKER_SOCKETS: Final = frozenset({"docker.sock", "containerd.sock", "podman.sock"})
+_NAME_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_ENV_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Docker image reference: loose on purpose (the engine is the authority) but no
+# whitespace, no leading '-' (never an option to a CLI) and bounded length.
+_IMAGE_RE: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}$")
+_USER_PART: Final = r"(?:[a-z_][a-z0-9_-]{0,31}|[0-9]{1,10})"
+_USER_RE: Final = re.compile(rf"^{_USER_PART}(?::{_USER_PART})?$")
+_MEMORY_RE: Final = re.compile(r"^([0-9]{1,15})([kmg]?)$", re.IGNORECASE)
+_GLOB_CHARS: Final = frozenset("*?[]")
+
+MIB: Final = 1024 * 1024
+MEMORY_MIN: Final = 6 * MIB  # Docker refuses less than 6 MiB.
+MEMORY_MAX: Final = 256 * 1024 * MIB
+
+
+@functools.cache
+def _psl() -> PublicSuffixList:
+    # The bundled list loads in tens of milliseconds; do it once, and only when needed.
+    return PublicSuffixList()
+
+
+# --------------------------------------------------------------------------- field checks
+
+
+def _check_container_path(value: str) -> str:
+    """An absolute, normalised path inside the container that is safe to use or mount."""
+    if "\x00" in value or any(ord(c) < 32 for c in value):
+        raise ValueError("contains a control character; remove it")
+    if any(part in _DOCKER_SOCKETS for part in value.split("/")):
+        raise ValueError(
+            f"{value!r} is a container-engine socket; sbx never gives a step the Docker socket"
+        )
+    if not value.startswith("/"):
+        raise ValueError(f"{value!r} is relative; write an absolute path such as /workspace")
+    if ".." in value.split("/"):
+        raise ValueError(f"{value!r} contains '..'; write the path without it")
+    if posixpath.normpath(value) != value or value.startswith("//"):
+        raise ValueError(
+            f"{value!r} is not normalised; write {posixpath.normpath(value)!r} "
+            "(no '.', '//' or trailing '/')"
+        )
+    if value == "/":
+        raise ValueError("'/' is the container root; use a directory such as /workspace")
+    for root in _FORBIDDEN_ROOTS:
+        if value == root or value.startswith(root + "/"):
+            raise ValueError(
+                f"{value!r} is under {root}, which belongs to the kernel or runtime; "
+                "use a directory such as /workspace"
+            )
+    if ":" in value or "," in value:
+        # Both are separators in Docker's mount syntax.
+        raise ValueError(f"{value!r} contains ':' or ','; rename the directory")
+    return value
+
+
+def _check_workspace_path(value: str, *, globs: bool) -> str:
+    """A path relative to the workspace that cannot escape it."""
+    if not value:
+        raise ValueError("is empty; write a path relative to the workspace, e.g. src/")
+    if any(ord(c) < 32 for c in value) or "\\" in value:
+        raise ValueError(f"{value!r} contains a control character or '\\'; use '/' paths")
+    if value.startswith("/"):
+        raise ValueError(f"{value!r} is absolute; write it relative to the workspace, e.g. src/")
+    if value.startswith("~"):
+        raise ValueError(f"{value!r} starts with '~'; write it relative to the workspace")
+    if ".." in value.split("/"):
+        raise ValueError(f"{value!r} contains '..'; paths must stay inside the workspace")
+    if not globs and _GLOB_CHARS & set(value):
+        raise ValueError(f"{value!r} is a glob; outputs are exact paths, e.g. dist/")
+    return value
+
+
+def _input_path(value: str) -> str:
+    return _check_workspace_path(value, globs=True)
+
+
+def _output_path(value: str) -> str:
+    return _check_workspace_path(value, globs=False)
+
+
+def _env_name(value: str) -> str:
+    if not _ENV_RE.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a valid variable name; use letters, digits and '_', "
+            "not starting with a digit"
+        )
+    if value.upper().startswith("SBX_"):
+        raise ValueError(f"{value!r} starts with SBX_, which sbx reserves; rename the variable")
+    return value
+
+
+def _env_value(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("contains a NUL byte, which no environment can hold; remove it")
+    return value
+
+
+def check_allow_entry(value: str) -> str:
+    """Validate one allow entry: `policy.parse_rule` plus the host-side public-suffix check."""
+    try:
+        rule = pol.parse_rule(value)
+    except pol.PolicyError as exc:
+        raise ValueError(str(exc)) from None
+    if rule.suffix is not None and _psl().is_public(rule.suffix):
+        raise ValueError(
+            f"allow entry {value!r} covers every site under the public suffix {rule.suffix}; "
+            f"name one site, e.g. *.example.{rule.suffix}"
+        )
+    return value
+
+
+InputPath = Annotated[str, Field(strict=True), AfterValidator(_input_path)]
+OutputPath = Annotated[str, Field(strict=True), AfterValidator(_output_path)]
+ContainerPath = Annotated[str, Field(strict=True), AfterValidator(_check_container_path)]
+EnvName = Annotated[str, Field(strict=True), AfterValidator(_env_name)]
+EnvValue = Annotated[str, Field(strict=True), AfterValidator(_env_value)]
+AllowEntry = Annotated[str, Field(strict=True), AfterValidator(check_allow_entry)]
+
+
+def _run_value(value: Any) -> Any:
+    """Accept a non-empty script string or a non-empty list of non-empty argv lists."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("no command given; write a shell script or a list of argv lists")
+        if "\x00" in value:
+            raise ValueError("contains a NUL byte; remove it")
+        return value
+    if not isinstance(value, list | tuple):
+        raise ValueError(
+            f"must be a script string or a list of argv lists, not {_kind(value)}; "
+            'write run: "make" or run: [["make", "all"]]'
+        )
+    if not value:
+        raise ValueError("no command given; write a shell script or a list of argv lists")
+    commands: list[tuple[str, ...]] = []
+    for i, argv in enumerate(value):
+        if isinstance(argv, str):
+            raise ValueError(
+                f"item {i} is a string, so run mixes forms; write a single script string "
+                'or a list of argv lists like [["make", "all"]]'
+            )
+        if not isinstance(argv, list | tuple) or not argv:
+            raise ValueError(f'item {i} must be a non-empty argv list like ["make", "all"]')
+        for j, arg in enumerate(argv):
+            if not isinstance(arg, str):
+                raise ValueError(
+                    f"item {i} argument {j} is {_kind(arg)}; quote it so it is a string"
+                )
+            if "\x00" in arg:
+                raise ValueError(f"item {i} argument {j} contains a NUL byte; remove it")
+        if not argv[0]:
+            raise ValueError(f"item {i} has an empty program name; name the program")
+        commands.append(tuple(argv))
+    return tuple(commands)
+
+
+def _kind(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", type(None): "empty"}
+    for typ, label in names.items():
+        if type(value) is typ:
+            return label
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    return type(value).__name__
+
+
+def parse_memory(value: str | int) -> int:
+    """Bytes for a memory size: an integer (bytes) or digits with a k/m/g suffix."""
+    if isinstance(value, bool):
+        raise ValueError("must be a size like 512m or 1g, not a boolean")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = _MEMORY_RE.fullmatch(value.strip())
+        if match is None:
+            raise ValueError(f"{value!r} is not a size; write e.g. 512m or 2g (k, m, g suffixes)")
+        size = (
+            int(match.group(1))
+            * {"": 1, "k": 1024, "m": MIB, "g": 1024 * MIB}[match.group(2).lower()]
+        )
+    if not MEMORY_MIN <= size <= MEMORY_MAX:
+        raise ValueError(f"{value!r} is outside 6m..256g; choose a size in that range")
+    return size
+
+
+# --------------------------------------------------------------------------- models
+
+
+class EgressMode(StrEnum):
+    """`enforce` denies and records; `audit` allows and records a would-deny violation."""
+
+    ENFORCE = "enforce"
+    AUDIT = "audit"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EgressSpec(_Model):
+    """Where the step may connect; everything else is denied (or recorded, in audit mode)."""
+
+    mode: EgressMode = EgressMode.ENFORCE
+    allow: tuple[AllowEntry, ...] = ()
+    proxy_env: bool = Field(default=False, strict=True)
+
+
+class Resources(_Model):
+    """Limits for the step container; defaults suit a typical build step."""
+
+    cpus: float = Field(default=2.0, strict=True, ge=0.05, le=256)
+    memory: StrictStr | StrictInt = "1g"
+    pids: int = Field(default=512, strict=True, ge=16, le=65536)
+    timeout: int = Field(default=3600, strict=True, ge=1, le=7 * 24 * 3600)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str | int) -> str | int:
+        parse_memory(value)
+        return value
+
+    @property
+    def memory_bytes(self) -> int:
+        """`memory` in bytes."""
+        return parse_memory(self.memory)
+
+
+class StepSpec(_Model):
+    """One build step: what runs, in which image, with which files, network and limits."""
+
+    name: str = Field(strict=True, pattern=_NAME_RE.pattern)
+    image: str = Field(strict=True, pattern=_IMAGE_RE.pattern)
+    run: Annotated[str | tuple[tuple[str, ...], ...], BeforeValidator(_run_value)]
+    workdir: ContainerPath = "/workspace"
+    inputs: tuple[InputPath, ...] = ()
+    outputs: tuple[OutputPath, ...] = ()
+    egress: EgressSpec = Field(default_factory=EgressSpec)
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    secrets: tuple[EnvName, ...] = ()
+    resources: Resources = Field(default_factory=Resources)
+    user: Annotated[StrictStr, Field(pattern=_USER_RE.pattern)] | None = None
+    read_only_rootfs: bool = Field(default=False, strict=True)
+    tmpfs: tuple[ContainerPath, ...] = ()
+
+    # Where the file and each allow entry came from, set by load_step (not part of the data).
+    _source_file: str = PrivateAttr(default="")
+    _allow_lines: tuple[int | None, ...] = PrivateAttr(default=())
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a name twice; list each secret once")
+        clash = sorted(set(value) & set(info.data.get("env") or {}))
+        if clash:
+            raise ValueError(f"{clash[0]} is both in env and in secrets; keep it in one of them")
+        return value
+
+    @field_validator("tmpfs")
+    @classmethod
+    def _tmpfs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists a path twice; list each path once")
+        return value
+
+    def policy(self, source_file: str | None = None) -> pol.Policy:
+        """The egress `Policy` for this step; each rule's source is "file:line" when known.
+
+        `source_file` defaults to the file `load_step` read this spec from.
+        """
+        file = self._source_file if source_file is None else source_file
+        rules = []
+        for i, text in enumerate(self.egress.allow):
+            line = self._allow_lines[i] if i < len(self._allow_lines) else None
+            source = f"{file}:{line}" if file and line else file
+            rules.append(pol.parse_rule(text, source))
+        return pol.Policy(mode=self.egress.mode.value, rules=tuple(rules))
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def format_field(loc: FieldPath) -> str:
+    """``("egress", "allow", 0)`` -> ``egress.allow[0]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model class that owns the last element of `loc`, for listing allowed fields."""
+    model: type[BaseModel] = StepSpec
+    for part in loc[:-1]:
+        info = model.model_fields.get(str(part))
+        annotation = info.annotation if info is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _reason(error: ErrorDetails) -> str:
+    """Our wording for one pydantic error: what is wrong and the fix, no boilerplate."""
+    kind = error["type"]
+    loc = error["loc"]
+    value = error.get("input")
+    ctx = error.get("ctx") or {}
+    last = loc[-1] if loc else ""
+    if kind == "extra_forbidden":
+        if isinstance(last, str) and last in DANGEROUS_FIELDS:
+            return DANGEROUS_FIELDS[last]
+        model = _model_at(loc)
+        allowed = f" (known fields: {', '.join(model.model_fields)})" if model else ""
+        return f"unknown field; remove it or fix its spelling{allowed}"
+    if kind == "missing":
+        return f"required field is missing; add '{last}:' to the file"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    if kind == "string_pattern_mismatch":
+        hints = {
+            "name": "use lowercase letters, digits, '_', '.', '-' (up to 63, starting "
+            "with a letter or digit)",
+            "image": "write an image reference such as sbx-step:bookworm",
+            "user": "write a user name or uid, optionally ':group' (e.g. 1000:1000)",
+        }
+        hint = hints.get(str(last), "fix the value")
+        return f"{value!r} is not valid; {hint}"
+    if kind == "enum":
+        return f"{value!r} is not one of {ctx.get('expected', '')}; pick one of them"
+    if kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}:
+        bound = next(iter(ctx.values()), "")
+        word = "at least" if kind.startswith("greater") else "at most"
+        return f"{value!r} is out of range; use a value {word} {bound}"
+    expected = {
+        "string_type": "a string (quote it)",
+        "int_type": "a whole number",
+        "float_type": "a number",
+        "bool_type": "true or false",
+        "dict_type": "a mapping (key: value)",
+        "tuple_type": "a list",
+        "list_type": "a list",
+        "model_type": "a mapping (key: value)",
+        "model_attributes_type": "a mapping (key: value)",
+    }.get(kind)
+    if expected is not None:
+        return f"expected {expected}, got {_kind(value)} {_short(value)}; fix the value"
+    return f"{error['msg']}; fix the value"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _error_loc(error: ErrorDetails) -> FieldPath:
+    # Dict-key errors end with the marker '[key]'; the key itself is the field.
+    return tuple(p for p in error["loc"] if p != "[key]")
+
+
+def _to_spec_error(loaded: LoadedDoc, exc: ValidationError) -> SpecError:
+    """Pick the error a user should fix first and render it as one SpecError line."""
+    errors = exc.errors(include_url=False)
+
+    def rank(error: ErrorDetails) -> tuple[int, int]:
+        loc = error["loc"]
+        dangerous = (
+            error["type"] == "extra_forbidden"
+            and bool(loc)
+            and isinstance(loc[-1], str)
+            and loc[-1] in DANGEROUS_FIELDS
+        )
+        line = loaded.line_of(_error_loc(error)) or 0
+        # A dangerous field beats anything else; otherwise top-to-bottom in the file.
+        return (0 if dangerous else 1, line)
+
+    first = min(errors, key=rank)
+    loc = _error_loc(first)
+    reason = " ".join(_reason(first).split())  # one line, whatever a message contained
+    return SpecError(str(loaded.path), format_field(loc), reason, loaded.line_of(loc))
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def validate_step(loaded: LoadedDoc) -> StepSpec:
+    """Validate a loaded document as a step; raise `SpecError` for the first problem."""
+    try:
+        spec = StepSpec.model_validate(loaded.data)
+    except ValidationError as exc:
+        raise _to_spec_error(loaded, exc) from None
+    spec._source_file = str(loaded.path)
+    spec._allow_lines = tuple(
+        loaded.line_of(("egress", "allow", i)) for i in range(len(spec.egress.allow))
+    )
+    return spec
+
+
+def load_step(path: Path) -> StepSpec:
+    """Load and validate a step file; every refusal is a one-line `SpecError` (exit 2)."""
+    return validate_step(load_yaml(Path(path)))
+
+
+def spec_digest(loaded: LoadedDoc) -> str:
+    """``sha256:<hex>`` of the file's raw bytes, as recorded in evidence."""
+    return "sha256:" + hashlib.sha256(loaded.raw).hexdigest()
+
+
+def step_json_schema() -> dict[str, Any]:
+    """JSON Schema of a step file, for ``sbx schema``."""
+    return StepSpec.model_json_schema()

@@ -1,0 +1,82 @@
+"""What the sandbox layer is asked to run: plain frozen values, no YAML, no pydantic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sbx.sandbox.archive import OutputLimits
+from sbx.sandbox.policy import Policy
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of the step container."""
+
+    cpus: float = 2.0
+    memory: int = 1 << 30
+    pids: int = 512
+    timeout: float = 3600.0
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """One step, resolved: command argv, host input files and the egress policy."""
+
+    name: str
+    image: str
+    command: tuple[str, ...]
+    workdir: str
+    policy: Policy
+    env: tuple[tuple[str, str], ...] = ()
+    secrets: tuple[tuple[str, str], ...] = ()
+    user: str | None = None
+    read_only_rootfs: bool = False
+    tmpfs: tuple[str, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+    proxy_env: bool = False
+    inputs: tuple[tuple[Path, str], ...] = ()
+    outputs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """How sandboxes are built on this engine."""
+
+    runtime_image: str
+    egress_network: str | None = None  # None: a fresh egress network per step
+    peer_ips: tuple[str, ...] = ()
+    host_ips: tuple[str, ...] = ()
+    probe_timeout: float = 1.0
+    ready_timeout: float = 20.0
+    output_limits: OutputLimits = field(default_factory=OutputLimits)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One fail-closed probe: what it tried and whether it was blocked."""
+
+    name: str
+    kind: str
+    target: str
+    blocked: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class SandboxFacts:
+    """What the sandbox was, for the run record and the isolation evidence."""
+
+    network_id: str
+    network_name: str
+    subnet: str
+    internal: bool
+    bridge_ip: str
+    gateway_ip: str
+    agent_ip: str
+    containers: dict[str, str]
+    step_cap_drop: tuple[str, ...]
+    step_security_opt: tuple[str, ...]
+    agent_caps: dict[str, str]
+    policy_digest: str
+    engine_version: str

@@ -1,0 +1,18 @@
+"""Labels and names of every Docker object sbx creates, so `sbx gc` can find them."""
+
+from __future__ import annotations
+
+MANAGED = "sbx.managed"
+RUN = "sbx.run"
+STEP = "sbx.step"
+ROLE = "sbx.role"
+
+
+def for_object(run_id: str, step: str, role: str) -> dict[str, str]:
+    """The labels of one object of one step's sandbox."""
+    return {MANAGED: "1", RUN: run_id, STEP: step, ROLE: role}
+
+
+def object_name(run_id: str, step: str, role: str) -> str:
+    """A readable, unique name: sbx-<run>-<step>-<role>."""
+    return f"sbx-{run_id[:12]}-{step}-{role}"

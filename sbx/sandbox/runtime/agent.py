@@ -1,0 +1,289 @@
+"""The namespace agent: owns the network namespace the step joins.
+
+Started with NET_ADMIN (and the capabilities needed to give it up), it installs
+the interception rules, binds its NFLOG group and listeners, then drops every
+capability and runs unprivileged:
+- all TCP is redirected to a transparent relay that reads the original
+  destination and the TLS SNI or HTTP Host, and asks the gateway with CONNECT;
+- all DNS, to any server, is relayed to the gateway;
+- everything else (other UDP, ICMP, IPv6, the host bridge) is dropped and logged.
+Enforcement does not depend on this process: the step network is internal.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import socket
+import struct
+import subprocess
+import threading
+from typing import Any
+
+from sbx.sandbox.runtime import pipe
+from sbx.sandbox.runtime.events import emit, log
+from sbx.sandbox.runtime.nflog import NflogReader
+from sbx.sandbox.runtime.sniff import MAX_HEAD, destination_name, needs_more
+
+SO_ORIGINAL_DST = 80
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
+_PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP, _PR_CAP_AMBIENT = 38, 24, 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+NOBODY = 65534
+
+
+def rules_v4(cfg: dict[str, Any]) -> str:
+    """iptables-restore input: interception (nat) and the drop-and-log filter."""
+    gw, bridge, group = cfg["gateway_ip"], cfg["bridge_ip"], cfg["nflog_group"]
+    relay, dns_udp, dns_tcp = cfg["relay_port"], cfg["dns_udp_port"], cfg["dns_tcp_port"]
+    own = cfg["own_ip"]
+    log_rule = (f"-j NFLOG --nflog-group {group} --nflog-prefix out "
+                "-m limit --limit 200/second --limit-burst 400")
+    return "\n".join([
+        "*nat",
+        ":SBX_OUT - [0:0]",
+        # Before Docker's DNAT for 127.0.0.11, so the embedded resolver is bypassed.
+        "-I OUTPUT 1 -j SBX_OUT",
+        f"-A SBX_OUT -d {gw}/32 -j RETURN",
+        f"-A SBX_OUT -p udp --dport 53 -j REDIRECT --to-ports {dns_udp}",
+        f"-A SBX_OUT -p tcp --dport 53 -j REDIRECT --to-ports {dns_tcp}",
+        "-A SBX_OUT -d 127.0.0.0/8 -j RETURN",
+        f"-A SBX_OUT -d {own}/32 -j RETURN",
+        f"-A SBX_OUT -d {bridge}/32 -j RETURN",
+        f"-A SBX_OUT -p tcp -j REDIRECT --to-ports {relay}",
+        "COMMIT",
+        "*filter",
+        ":INPUT DROP [0:0]",
+        ":FORWARD DROP [0:0]",
+        ":OUTPUT DROP [0:0]",
+        "-A INPUT -i lo -j ACCEPT",
+        "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        "-A OUTPUT -o lo -j ACCEPT",
+        # A redirected packet no longer matches "-o lo" in filter OUTPUT (measured).
+        "-A OUTPUT -m conntrack --ctstate DNAT -j ACCEPT",
+        f"-A OUTPUT -d {gw}/32 -p tcp --dport {cfg['proxy_port']} -j ACCEPT",
+        f"-A OUTPUT -d {gw}/32 -p tcp --dport 53 -j ACCEPT",
+        f"-A OUTPUT -d {gw}/32 -p udp --dport 53 -j ACCEPT",
+        f"-A OUTPUT {log_rule}",
+        "COMMIT",
+        "",
+    ])
+
+
+def rules_v6(cfg: dict[str, Any]) -> str:
+    """All IPv6 but loopback is dropped and logged."""
+    group = cfg["nflog_group"]
+    return "\n".join([
+        "*filter",
+        ":INPUT DROP [0:0]",
+        ":FORWARD DROP [0:0]",
+        ":OUTPUT DROP [0:0]",
+        "-A INPUT -i lo -s ::1/128 -d ::1/128 -j ACCEPT",
+        "-A OUTPUT -o lo -s ::1/128 -d ::1/128 -j ACCEPT",
+        # The kernel's own multicast listener reports; nothing routes beyond loopback anyway.
+        "-A OUTPUT -d ff02::/16 -p ipv6-icmp -j DROP",
+        f"-A OUTPUT -j NFLOG --nflog-group {group} --nflog-prefix out6 "
+        "-m limit --limit 200/second --limit-burst 400",
+        "COMMIT",
+        "",
+    ])
+
+
+def _run(argv: list[str], stdin: str | None = None) -> str:
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def setup_ipv6() -> None:
+    """Route all IPv6 into loopback so attempts hit the log rule and never the wire.
+
+    The step network has no IPv6 (Docker 20.10 does not isolate it); without an
+    address the kernel would fail IPv6 connects silently, leaving no record.
+    """
+    for link in json.loads(_run(["ip", "-j", "link"])):
+        if link["ifname"] != "lo":
+            _run(["ip", "link", "set", "dev", link["ifname"], "addrgenmode", "none"])
+            _run(["ip", "-6", "addr", "flush", "dev", link["ifname"]])
+    _run(["ip", "-6", "route", "replace", "default", "dev", "lo"])
+
+
+def drop_privileges() -> dict[str, str]:
+    """Give up every capability for good; returns the resulting Cap* lines."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in range(64):
+        libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0)  # EINVAL past the last cap: fine
+    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS failed")
+    os.setgroups([])
+    os.setresgid(NOBODY, NOBODY, NOBODY)
+    os.setresuid(NOBODY, NOBODY, NOBODY)  # clears permitted and effective sets
+    caps = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key.startswith("Cap") or key == "NoNewPrivs":
+                caps[key] = value.strip()
+    if any(int(caps[k], 16) for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh")):
+        raise RuntimeError(f"capabilities remain after dropping: {caps}")
+    return caps
+
+
+def original_dst(conn: socket.socket) -> tuple[str, int]:
+    raw = conn.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port = struct.unpack("!H", raw[2:4])[0]
+    return socket.inet_ntoa(raw[4:8]), port
+
+
+class Agent:
+    """The relays the agent runs after dropping privileges."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.step: str = cfg["step"]
+        self.gateway = (cfg["gateway_ip"], int(cfg["proxy_port"]))
+
+    def _deny(self, reason: str, **fields: Any) -> None:
+        emit("tcp", step=self.step, verdict="denied", reason=reason, source="agent",
+             violation=True, **fields)
+
+    def relay_tcp(self, conn: socket.socket) -> None:
+        try:
+            dst_ip, dst_port = original_dst(conn)
+        except OSError:
+            pipe.reset(conn)
+            return
+        if dst_ip == "127.0.0.1" and dst_port == self.cfg["relay_port"]:
+            self._deny("direct connection to the relay", dst_ip=dst_ip, dst_port=dst_port)
+            pipe.reset(conn)
+            return
+        data = b""
+        conn.settimeout(float(self.cfg.get("sniff_timeout", 1.5)))
+        try:
+            while not data or needs_more(data):
+                chunk = conn.recv(MAX_HEAD - len(data))
+                if not chunk:
+                    break
+                data += chunk
+        except OSError:
+            pass  # server-speaks-first protocols send nothing: judged by address only
+        name, how = destination_name(data)
+        if name is not None and not _NAME.match(name):
+            name, how = None, "invalid"
+        target = f"{name}:{dst_port}" if name else f"{dst_ip}:{dst_port}"
+        try:
+            upstream = socket.create_connection(self.gateway, timeout=5)
+            upstream.sendall(
+                f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
+                f"X-Sbx-Orig-Dst: {dst_ip}:{dst_port}\r\nX-Sbx-Name-From: {how}\r\n\r\n".encode())
+            head, rest = pipe.read_head(upstream)
+        except (OSError, ValueError) as exc:
+            self._deny(f"gateway unreachable: {exc}", dst_ip=dst_ip, dst_port=dst_port, name=name)
+            pipe.reset(conn)
+            return
+        if not head.startswith(b"HTTP/1.1 200"):
+            upstream.close()
+            pipe.reset(conn)  # the gateway recorded the verdict
+            return
+        conn.settimeout(None)
+        upstream.settimeout(None)
+        try:
+            if rest:
+                conn.sendall(rest)
+            if data:
+                upstream.sendall(data)
+        except OSError:
+            upstream.close()
+            conn.close()
+            return
+        pipe.relay(conn, upstream)
+
+    def relay_dns_tcp(self, conn: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection((self.cfg["gateway_ip"], 53), timeout=5)
+        except OSError as exc:
+            emit("dns", step=self.step, verdict="denied", reason=f"gateway unreachable: {exc}",
+                 source="agent", violation=True)
+            pipe.reset(conn)
+            return
+        pipe.relay(conn, upstream)
+
+    def serve_dns_udp(self, sock: socket.socket) -> None:
+        while True:
+            query, client = sock.recvfrom(4096)
+            threading.Thread(target=self._dns_query, args=(sock, query, client), daemon=True).start()
+
+    def _dns_query(self, sock: socket.socket, query: bytes, client: Any) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
+            up.settimeout(5)
+            try:
+                up.sendto(query, (self.cfg["gateway_ip"], 53))
+                answer = up.recv(65535)
+            except OSError as exc:
+                emit("dns", step=self.step, verdict="denied", source="agent", violation=True,
+                     reason=f"gateway unreachable: {exc}")
+                return
+        sock.sendto(answer, client)
+
+    def serve_nflog(self, reader: NflogReader) -> None:
+        while True:
+            try:
+                packets = reader.read()
+            except OSError as exc:  # ENOBUFS under a flood: say so and go on
+                emit("agent", step=self.step, phase="log-overrun", reason=str(exc))
+                continue
+            for p in packets:
+                kind = p.protocol if p.family == socket.AF_INET else "ipv6"
+                emit(kind, step=self.step, dst_ip=p.dst_ip, dst_port=p.dst_port,
+                     protocol=p.protocol, verdict="denied", source="agent", violation=True,
+                     reason="dropped by the sandbox firewall", bytes_out=p.length)
+
+
+def _accept_loop(server: socket.socket, handler: Any) -> None:
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=handler, args=(conn,), daemon=True).start()
+
+
+def _listen(kind: int, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, kind)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    if kind == socket.SOCK_STREAM:
+        sock.listen(512)
+    return sock
+
+
+def main() -> None:
+    """Set up from SBX_CONFIG, drop privileges, then relay until killed."""
+    cfg = json.loads(os.environ["SBX_CONFIG"])
+    step = cfg["step"]
+    try:
+        reader = NflogReader(int(cfg["nflog_group"]))
+        setup_ipv6()
+        _run(["ip6tables-restore"], rules_v6(cfg))
+        _run(["iptables-restore", "--noflush"], rules_v4(cfg))
+        rules = _run(["iptables-save"]) + _run(["ip6tables-save"])
+        relay = _listen(socket.SOCK_STREAM, int(cfg["relay_port"]))
+        dns_tcp = _listen(socket.SOCK_STREAM, int(cfg["dns_tcp_port"]))
+        dns_udp = _listen(socket.SOCK_DGRAM, int(cfg["dns_udp_port"]))
+        caps = drop_privileges()
+    except Exception as exc:  # any failure means the step must not run
+        emit("agent", step=step, phase="failed", reason=f"{type(exc).__name__}: {exc}")
+        raise SystemExit(1) from None
+    agent = Agent(cfg)
+    threading.Thread(target=agent.serve_nflog, args=(reader,), daemon=True).start()
+    threading.Thread(target=agent.serve_dns_udp, args=(dns_udp,), daemon=True).start()
+    threading.Thread(target=_accept_loop, args=(dns_tcp, agent.relay_dns_tcp), daemon=True).start()
+    emit("agent", step=step, phase="ready", uid=os.getuid(), caps=caps,
+         rules=[line for line in rules.splitlines() if line.startswith("-")])
+    log(f"sbx agent for step {step}: interception installed, capabilities dropped")
+    _accept_loop(relay, agent.relay_tcp)
+
+
+if __name__ == "__main__":
+    main()

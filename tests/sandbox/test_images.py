@@ -1,0 +1,163 @@
+"""Images: the runtime tag follows the runtime code; the built image really runs it."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sbx.errors import EnvironmentFailure
+from sbx.sandbox import images
+
+RUNTIME_TREE = {
+    "sbx/__init__.py": b'__version__ = "0.1.0"\n',
+    "sbx/sandbox/__init__.py": b"",
+    "sbx/sandbox/policy.py": b"RULES = []\n",
+    "sbx/sandbox/runtime/__init__.py": b"",
+    "sbx/sandbox/runtime/gateway.py": b"print('gateway')\n",
+    "sbx/sandbox/runtime/agent.py": b"print('agent')\n",
+    # not runtime code: never copied into the image, never part of the tag
+    "sbx/pipelines/cli.py": b"print('cli')\n",
+    "sbx/sandbox/images.py": b"# host side\n",
+    "sbx/sandbox/runtime/README.txt": b"notes\n",
+}
+
+
+@pytest.fixture
+def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for rel, data in RUNTIME_TREE.items():
+        path = tmp_path / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    monkeypatch.setattr(images, "_PACKAGE_ROOT", tmp_path / "sbx")
+    monkeypatch.delenv(images.BASE_ENV, raising=False)
+    return tmp_path
+
+
+def test_runtime_files_are_the_runtime_code_only(tree: Path) -> None:
+    assert [rel for rel, _ in images.runtime_files()] == [
+        "sbx/__init__.py",
+        "sbx/sandbox/__init__.py",
+        "sbx/sandbox/policy.py",
+        "sbx/sandbox/runtime/__init__.py",
+        "sbx/sandbox/runtime/agent.py",
+        "sbx/sandbox/runtime/gateway.py",
+    ]
+
+
+def test_runtime_tag_is_stable_for_an_unchanged_tree(tree: Path) -> None:
+    tag = images.runtime_image_tag()
+    assert tag.startswith("sbx-runtime:")
+    assert len(tag.split(":", 1)[1]) == 12
+    assert images.runtime_image_tag() == tag
+    # touching a file without changing its bytes, or editing non-runtime code, keeps the tag
+    (tree / "sbx/sandbox/runtime/gateway.py").write_bytes(b"print('gateway')\n")
+    (tree / "sbx/pipelines/cli.py").write_bytes(b"print('changed cli')\n")
+    (tree / "sbx/sandbox/images.py").write_bytes(b"# changed\n")
+    assert images.runtime_image_tag() == tag
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [
+        "sbx/__init__.py",
+        "sbx/sandbox/__init__.py",
+        "sbx/sandbox/policy.py",
+        "sbx/sandbox/runtime/__init__.py",
+        "sbx/sandbox/runtime/gateway.py",
+    ],
+)
+def test_runtime_tag_changes_when_a_runtime_file_changes(tree: Path, rel: str) -> None:
+    before = images.runtime_image_tag()
+    path = tree / rel
+    path.write_bytes(path.read_bytes() + b"# one more byte\n")
+    assert images.runtime_image_tag() != before
+
+
+def test_runtime_tag_changes_when_a_runtime_module_is_added(tree: Path) -> None:
+    before = images.runtime_image_tag()
+    (tree / "sbx/sandbox/runtime/probe.py").write_bytes(b"")
+    assert images.runtime_image_tag() != before
+
+
+def test_runtime_tag_changes_with_the_base(tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = images.runtime_image_tag()
+    packages = (*images.RUNTIME_PACKAGES, "strace")
+    recipe = images._DebianRecipe(images.BASE_RUNTIME_REPO, packages, ("python3",))
+    monkeypatch.setattr(images, "_RUNTIME_BASE", recipe)
+    assert images.runtime_image_tag() != before
+
+
+def test_missing_runtime_file_is_an_environment_failure(tree: Path) -> None:
+    (tree / "sbx/sandbox/policy.py").unlink()
+    with pytest.raises(EnvironmentFailure, match=r"policy\.py"):
+        images.runtime_image_tag()
+
+
+def test_missing_mmdebstrap_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    with pytest.raises(EnvironmentFailure, match="apt-get install mmdebstrap") as info:
+        images._mmdebstrap()
+    assert "\n" not in info.value.diagnostics()
+
+
+# --------------------------------------------------------------------------- with Docker
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    docker = pytest.importorskip("docker")
+    try:
+        engine = docker.from_env(timeout=10)
+        engine.ping()
+    except Exception as exc:  # any failure to reach the engine means "skip", not "fail"
+        pytest.skip(f"no Docker engine answers ({exc}); start dockerd to run this test")
+    yield engine
+    engine.close()
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+def test_runtime_image_runs_the_runtime_code(client: Any) -> None:
+    tag = images.ensure_runtime_image(client)
+    assert tag == images.runtime_image_tag()
+
+    image = client.images.get(tag)
+    assert image.labels.get(images.MANAGED_LABEL) == "1"
+
+    out = client.containers.run(
+        tag,
+        [
+            "python3",
+            "-c",
+            "import dnslib, sbx.sandbox.runtime, sbx.sandbox.policy; print('ok')",
+        ],
+        remove=True,
+        network_disabled=True,
+        labels={"sbx.test": "1"},
+    )
+    assert out.strip() == b"ok"
+
+    # a second call reuses the image instead of building again
+    messages: list[str] = []
+    assert images.ensure_runtime_image(client, build=False, log=messages.append) == tag
+    assert messages == []
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+def test_step_image_has_the_tools_of_a_build_step(client: Any) -> None:
+    tag = images.ensure_step_image(client)
+    assert tag == images.STEP_IMAGE
+    assert client.images.get(tag).labels.get(images.MANAGED_LABEL) == "1"
+    out = client.containers.run(
+        tag,
+        ["sh", "-c", "python3 -c 'print(1)' && git --version && curl --version && openssl version"],
+        remove=True,
+        network_disabled=True,
+        labels={"sbx.test": "1"},
+    )
+    assert b"git version" in out

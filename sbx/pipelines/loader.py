@@ -135,7 +135,7 @@ def _child(node: Node, part: str | int) -> tuple[int, Node] | None:
     return None
 
 
-def _check_tree(root: Node) -> None:
+def _check_tree(root: Node, loader: _GuardedLoader) -> None:
     """Refuse cycles, alias expansion beyond limits and duplicate keys.
 
     Aliases are shared nodes in the composed tree, so a bomb costs nothing until it
@@ -155,7 +155,7 @@ def _check_tree(root: Node) -> None:
         active.add(key)
         children: list[Node] = []
         if isinstance(node, MappingNode):
-            _check_duplicates(node)
+            _check_duplicates(node, loader)
             for k, v in node.value:
                 children.extend((k, v))
         elif isinstance(node, SequenceNode):
@@ -186,14 +186,16 @@ def _check_tree(root: Node) -> None:
     visit(root)
 
 
-def _check_duplicates(node: MappingNode) -> None:
-    seen: dict[tuple[str, str], int] = {}
+def _check_duplicates(node: MappingNode, loader: _GuardedLoader) -> None:
+    # Compare keys by the value they construct to, so 'yes' and 'true' (both True)
+    # or '1' and '0x1' collide just as they would in the resulting dict.
+    seen: dict[Any, int] = {}
     for key, _value in node.value:
         if not isinstance(key, ScalarNode):
             raise _Refused("a mapping key is a list or mapping; use plain string keys", _line(key))
         if key.tag == _MERGE_TAG:
             continue
-        ident = (key.tag, key.value)
+        ident = (type(loader.construct_object(key)).__name__, loader.construct_object(key))
         if ident in seen:
             raise _Refused(
                 f"duplicate key {key.value!r} (first at line {seen[ident]}); "
@@ -293,7 +295,7 @@ def load_yaml(path: Path) -> LoadedDoc:
                 "the document is not a mapping; write fields as 'key: value' at the top level",
                 _line(root) if root is not None else None,
             )
-        _check_tree(root)
+        _check_tree(root, loader)
         data = loader.construct_document(root)
     except _Refused as exc:
         raise SpecError(name, "", exc.reason, exc.line) from None

@@ -156,7 +156,7 @@ def run_step_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     record: dict[str, Any] = {
         "schema": "https://sbx.dev/run/v1", "run_id": run_id, "sbx_version": sbx.__version__,
         "spec": {"path": str(path), "digest": digest}, "out_dir": str(out),
-        "started": utcnow(), "ended": None, "interrupted": False,
+        "started": utcnow(), "step_started": None, "ended": None, "interrupted": False,
         "step": {"name": spec.name, "status": "preparing", "exit_code": None, "reason": None},
         "image": {"ref": spec.image, "id": None}, "engine": {"version": engine_info.version},
         "policy": {"mode": config.policy.mode, "digest": config.policy.digest(),
@@ -187,7 +187,8 @@ def run_step_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         view.phase(spec.name, f"{len(probes)} probes blocked; running the step")
         record["step"]["status"] = "running"
         write_json(out / "run.json", record)
-        step_started = parse_time(utcnow())
+        record["step_started"] = utcnow()
+        step_started = parse_time(record["step_started"])
         view.armed = True
         status, code = sandbox.run_step(out / "logs" / f"{spec.name}.log", masker.data)
         record["step"].update(status=status, exit_code=code)

@@ -46,6 +46,7 @@ class PolicyError(ValueError):
 _LABEL_RE: Final = re.compile(r"^[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?$")
 # A label that inet_aton() would read as a number: decimal, octal (leading 0) or 0x-hex.
 _NUMERIC_LABEL_RE: Final = re.compile(r"^(?:[0-9]+|0x[0-9a-f]*)$")
+_IDNA_DOTS: Final = ("\u3002", "\uff0e", "\uff61")
 
 
 def normalize_name(name: str) -> str:
@@ -59,6 +60,9 @@ def normalize_name(name: str) -> str:
     """
     if not isinstance(name, str):
         raise PolicyError(f"host name must be a string, not {type(name).__name__}; quote it")
+    # IDNA treats these full-width and ideographic full stops as label separators.
+    for dot in _IDNA_DOTS:
+        name = name.replace(dot, ".")
     folded = name.casefold().rstrip(".")
     if not folded:
         raise PolicyError(f"host name {name!r} is empty; write a name such as example.com")
@@ -138,7 +142,8 @@ the test suite's simulated internet lives on 198.18.0.0/24.
 
 _NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
 
-# Addresses no rule may name, even explicitly: (network, what it is).
+# Addresses no rule may name, even explicitly: (network, what it is). The most
+# specific entry comes first so the refusal names the real reason.
 _FORBIDDEN_NETWORKS: Final[tuple[tuple[IPNetwork, str], ...]] = tuple(
     (_net(n), why)
     for n, why in (
@@ -154,8 +159,8 @@ _FORBIDDEN_NETWORKS: Final[tuple[tuple[IPNetwork, str], ...]] = tuple(
         ("fe80::/10", "link-local"),
         ("224.0.0.0/4", "multicast"),
         ("ff00::/8", "multicast"),
-        ("240.0.0.0/4", "reserved"),
         ("255.255.255.255/32", "the broadcast address"),
+        ("240.0.0.0/4", "reserved"),
     )
 )
 
@@ -402,6 +407,11 @@ def _split(text: str) -> tuple[str, int | None]:
         if close < 0:
             raise PolicyError(f"allow entry {text!r} has '[' without ']'; write [2001:db8::1]:443")
         inner, rest = text[1:close], text[close + 1 :]
+        if ":" not in inner:
+            raise PolicyError(
+                f"allow entry {text!r} uses brackets, which are only for IPv6 addresses; "
+                "write host:port without them"
+            )
         if not rest:
             return inner, None
         if not rest.startswith(":"):

@@ -1,0 +1,245 @@
+"""Shared fixtures: the Docker engine, sbx's images and a simulated internet.
+
+The "internet" is a Docker network on 198.18.x.0/24 (the benchmarking range,
+never routed on the real internet) holding test hosts this suite starts itself.
+Nothing a test does sends traffic off this machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import secrets
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from docker.errors import DockerException
+
+from sbx.pipelines.records import parse_time
+from sbx.pipelines.run import RunOptions, RunResult, run_step_file
+from sbx.pipelines.view import LiveView
+from sbx.sandbox import images
+
+TEST_LABEL = "sbx.test"
+SERVER_SCRIPT = Path(__file__).parent / "sandbox" / "servers" / "canary.py"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        docker.from_env(timeout=10).ping()
+        return
+    except DockerException as exc:
+        reason = f"no Docker engine answers ({exc}); start dockerd to run the integration tests"
+    for item in items:
+        if "docker" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    return docker.from_env(timeout=120)
+
+
+@pytest.fixture(scope="session")
+def sbx_images(docker_client: docker.DockerClient) -> tuple[str, str]:
+    """(runtime image, step image), built offline on first use."""
+    runtime = images.ensure_runtime_image(docker_client)
+    step = images.ensure_step_image(docker_client)
+    return runtime, step
+
+
+@dataclass
+class Host:
+    """A test host on the simulated internet."""
+
+    name: str
+    ip: str
+    container_id: str
+
+    def hits(self, client: docker.DockerClient, since: dt.datetime) -> list[dict[str, Any]]:
+        """What reached this host since `since`, one dict per request or datagram."""
+        raw = client.api.logs(self.container_id, stdout=True, stderr=False)
+        hits = []
+        for line in raw.decode().splitlines():
+            event = json.loads(line)
+            if event.get("kind") != "ready" and parse_time(event["time"]) >= since:
+                hits.append(event)
+        return hits
+
+
+@dataclass
+class Internet:
+    """The network the gateway reaches the outside through, and its hosts."""
+
+    network: str
+    subnet: str
+    bridge_ip: str
+    web: Host
+    other: Host
+    ca_pem: bytes
+
+
+def _cert(name: str, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
+          ) -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+def _ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sbx test CA")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def internet(docker_client: docker.DockerClient, sbx_images: tuple[str, str]) -> Iterator[Internet]:
+    """A 198.18.x.0/24 network with two hosts: web.sbx.test and other.sbx.test."""
+    api = docker_client.api
+    tag = secrets.token_hex(4)
+    labels = {TEST_LABEL: tag}
+    ca_key, ca = _ca()
+    net_id = None
+    hosts: list[Host] = []
+    try:
+        for attempt in range(20):
+            third = secrets.randbelow(250) + 1
+            subnet = f"198.18.{third}.0/24"
+            try:
+                net_id = api.create_network(
+                    f"sbx-test-{tag}-internet", driver="bridge", labels=labels,
+                    ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(
+                        subnet=subnet, gateway=f"198.18.{third}.1")]))["Id"]
+                break
+            except docker.errors.APIError:
+                if attempt == 19:
+                    raise
+        assert net_id is not None
+        for index, name in enumerate(("web", "other"), start=10):
+            fqdn = f"{name}.sbx.test"
+            ip = f"198.18.{third}.{index}"
+            cert, key = _cert(fqdn, ca_key, ca)
+            cid = api.create_container(
+                sbx_images[1], command=["python3", "/srv/canary.py"], name=f"sbx-test-{tag}-{name}",
+                environment={"SERVER_NAME": name}, labels=labels,
+                networking_config=api.create_networking_config({
+                    net_id: api.create_endpoint_config(aliases=[fqdn], ipv4_address=ip)}),
+                host_config=api.create_host_config(network_mode=net_id))["Id"]
+            hosts.append(Host(fqdn, ip, cid))
+            api.put_archive(cid, "/srv", _tar({"canary.py": SERVER_SCRIPT.read_bytes(),
+                                                "cert.pem": cert, "key.pem": key}))
+            api.start(cid)
+        for host in hosts:
+            for _ in range(100):
+                if b'"ready"' in api.logs(host.container_id):
+                    break
+                time.sleep(0.05)
+        yield Internet(network=net_id, subnet=subnet, bridge_ip=f"198.18.{third}.1",
+                       web=hosts[0], other=hosts[1],
+                       ca_pem=ca.public_bytes(serialization.Encoding.PEM))
+    finally:
+        for host in hosts:
+            api.remove_container(host.container_id, force=True)
+        if net_id is not None:
+            api.remove_network(net_id)
+
+
+@dataclass
+class StepRun:
+    """A finished run and its records, read back from disk."""
+
+    result: RunResult
+    events: list[dict[str, Any]]
+    started: dt.datetime
+
+    @property
+    def out(self) -> Path:
+        return self.result.out_dir
+
+    def step_events(self) -> list[dict[str, Any]]:
+        """Events after the probes, from the step's own traffic."""
+        begin = self.result.record["step_started"]
+        return [e for e in self.events if begin and parse_time(e["time"]) >= parse_time(begin)]
+
+    def output(self, rel: str) -> str:
+        return (self.out / "outputs" / rel).read_text()
+
+
+@pytest.fixture
+def run_step(tmp_path: Path, internet: Internet) -> Any:
+    """Write a step file from a dict into a fresh workspace and run it against the internet."""
+
+    def run(spec: dict[str, Any], files: dict[str, bytes] | None = None,
+            egress_network: str | None = "internet") -> StepRun:
+        workspace = tmp_path / "ws"
+        workspace.mkdir(exist_ok=True)
+        for name, data in (files or {}).items():
+            (workspace / name).write_bytes(data)
+        path = workspace / "step.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        started = dt.datetime.now(dt.timezone.utc)
+        net = internet.network if egress_network == "internet" else egress_network
+        result = run_step_file(path, RunOptions(out_dir=tmp_path / "run", egress_network=net),
+                               LiveView(_console(), quiet=False))
+        events = [json.loads(line) for line in
+                  (result.out_dir / "events.jsonl").read_text().splitlines()]
+        return StepRun(result, events, started)
+
+    return run
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True, force_terminal=False, width=120)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every Docker test must leave no sbx containers or networks behind."""
+    yield
+    if "docker" not in request.keywords:
+        return
+    client = docker.from_env(timeout=30)
+    left = client.api.containers(all=True, filters={"label": "sbx.run"})
+    nets = client.api.networks(filters={"label": "sbx.run"})
+    assert not left and not nets, f"left behind: {[c['Names'] for c in left]} {[n['Name'] for n in nets]}"

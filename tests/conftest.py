@@ -94,7 +94,7 @@ class Internet:
 def _cert(name: str, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
           ) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
             .issuer_name(ca.subject).public_key(key.public_key())
@@ -111,7 +111,7 @@ def _cert(name: str, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
 def _ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sbx test CA")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(hours=1))
@@ -216,7 +216,7 @@ def run_step(tmp_path: Path, internet: Internet) -> Any:
             (workspace / name).write_bytes(data)
         path = workspace / "step.yaml"
         path.write_text(yaml.safe_dump(spec))
-        started = dt.datetime.now(dt.timezone.utc)
+        started = dt.datetime.now(dt.UTC)
         net = internet.network if egress_network == "internet" else egress_network
         result = run_step_file(path, RunOptions(out_dir=tmp_path / "run", egress_network=net),
                                LiveView(_console(), quiet=False))
@@ -242,4 +242,5 @@ def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     client = docker.from_env(timeout=30)
     left = client.api.containers(all=True, filters={"label": "sbx.run"})
     nets = client.api.networks(filters={"label": "sbx.run"})
-    assert not left and not nets, f"left behind: {[c['Names'] for c in left]} {[n['Name'] for n in nets]}"
+    names = [c["Names"] for c in left] + [n["Name"] for n in nets]
+    assert not names, f"left behind: {names}"

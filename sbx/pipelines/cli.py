@@ -23,7 +23,7 @@ from sbx.pipelines.spec import load_step, step_json_schema
 from sbx.pipelines.view import LiveView
 
 
-class Command(str, enum.Enum):
+class Command(enum.StrEnum):
     """The sub-commands."""
 
     RUN = "run"
@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser(Command.RUN.value, help="run a step file in its own sandbox")
     run.add_argument("file", type=Path)
     run.add_argument("--out", type=Path, help="records directory (default .sbx/runs/<run-id>)")
-    run.add_argument("--workspace", type=Path, help="where inputs are read (default: the file's folder)")
+    run.add_argument("--workspace", type=Path,
+                     help="where inputs are read (default: the file's folder)")
     run.add_argument("--egress-network", default=os.environ.get("SBX_EGRESS_NETWORK") or None,
                      help="existing Docker network the gateway reaches the outside through "
                           "(default: $SBX_EGRESS_NETWORK, else a fresh network per step)")
@@ -139,7 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sbx: internal error: {type(exc).__name__}: {exc} (run with -v for details)",
               file=sys.stderr)
         return EXIT_ENVIRONMENT
-    return EXIT_OK
 
 
 if __name__ == "__main__":

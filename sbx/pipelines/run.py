@@ -13,7 +13,7 @@ import secrets
 import shlex
 import signal
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ class RunResult:
 
 def new_run_id() -> str:
     """Sortable and unique: UTC time plus randomness."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
 
 
 def command_of(spec: StepSpec) -> tuple[str, ...]:
@@ -67,7 +67,8 @@ def command_of(spec: StepSpec) -> tuple[str, ...]:
     return ("/bin/sh", "-ec", "\n".join(shlex.join(c) for c in commands))
 
 
-def resolve_inputs(spec: StepSpec, spec_path: Path, workspace: Path) -> tuple[tuple[Path, str], ...]:
+def resolve_inputs(spec: StepSpec, spec_path: Path,
+                   workspace: Path) -> tuple[tuple[Path, str], ...]:
     """Expand input patterns inside the workspace; nothing may point outside it."""
     root = workspace.resolve()
     found: dict[str, Path] = {}
@@ -80,8 +81,9 @@ def resolve_inputs(spec: StepSpec, spec_path: Path, workspace: Path) -> tuple[tu
             for path in _walk(root / match):
                 resolved = path.resolve()
                 if not resolved.is_relative_to(root):
-                    raise SpecError(str(spec_path), f"inputs[{i}]",
-                                    f"{path} leads outside the workspace {root}: copy it in instead")
+                    raise SpecError(
+                        str(spec_path), f"inputs[{i}]",
+                        f"{path} leads outside the workspace {root}: copy it in instead")
                 rel = path.relative_to(root).as_posix()
                 found[rel] = path
     return tuple((p, rel) for rel, p in sorted(found.items()))
@@ -98,8 +100,9 @@ def step_config(spec: StepSpec, spec_path: Path, workspace: Path,
     """The sandbox's view of a step: resolved argv, files, secrets and policy."""
     missing = [name for name in spec.secrets if name not in environ]
     if missing:
-        raise SpecError(str(spec_path), "secrets",
-                        f"{', '.join(missing)} not set in the environment: export it before sbx run")
+        raise SpecError(
+            str(spec_path), "secrets",
+            f"{', '.join(missing)} not set in the environment: export it before sbx run")
     res = spec.resources
     return StepConfig(
         name=spec.name, image=spec.image, command=command_of(spec), workdir=spec.workdir,

@@ -113,7 +113,7 @@ def unpack_output(chunks: Iterator[bytes], requested: str, dest_root: Path,
     with tarfile.open(fileobj=reader, mode="r|") as tar:
         for member in tar:
             name = posixpath.normpath(member.name)
-            if name != top and not name.startswith(top + "/") or ".." in name.split("/"):
+            if (name != top and not name.startswith(top + "/")) or ".." in name.split("/"):
                 raise ArchiveError(f"output {requested}: entry {member.name!r} leaves the output")
             rel = posixpath.join(parent, name) if parent else name
             if member.issym() or member.islnk():

@@ -18,7 +18,7 @@ from sbx.errors import EnvironmentFailure
 
 # Private, so the gateway refuses it as an internal range; /28 leaves room for
 # the host bridge (.1), the gateway (.2) and the agent (.3).
-STEP_POOL = ipaddress.ip_network("10.222.0.0/16")
+STEP_POOL = ipaddress.IPv4Network("10.222.0.0/16")
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class StepNetwork:
 def create_step_network(client: docker.DockerClient, name: str,
                         labels: dict[str, str], attempts: int = 32) -> StepNetwork:
     """Create an internal bridge network on a free /28 of STEP_POOL."""
-    subnets = list(STEP_POOL.subnets(new_prefix=28))
+    subnets: list[ipaddress.IPv4Network] = list(STEP_POOL.subnets(new_prefix=28))
     last: APIError | None = None
     for _ in range(attempts):
         subnet = subnets[secrets.randbelow(len(subnets))]

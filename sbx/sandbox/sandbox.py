@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ class SandboxFailure(SbxError):
 
 
 def utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class Sandbox:
@@ -62,7 +62,7 @@ class Sandbox:
         self.containers: dict[str, str] = {}
         self.agent_caps: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._ready: dict[str, threading.Event] = {r: threading.Event() for r in ("gateway", "agent")}
+        self._ready = {role: threading.Event() for role in ("gateway", "agent")}
         self._failed: dict[str, str] = {}
         self._followers: list[threading.Thread] = []
         self._closed = False
@@ -242,7 +242,7 @@ class Sandbox:
         """The host bridge of the egress network and the gateway's own egress address."""
         info = self.api.inspect_container(self.containers["gateway"])
         nets = info["NetworkSettings"]["Networks"]
-        egress = nets.get(self.egress_network) or next(
+        egress: dict[str, Any] = nets.get(self.egress_network) or next(
             (v for k, v in nets.items() if k != self._need_network().name), {})
         return [egress.get("Gateway", ""), egress.get("IPAddress", "")]
 

@@ -44,7 +44,8 @@ mkdir -p out
 curl -fsS http://web.sbx.test:8080/before > out/before.json
 touch /tmp/first-done
 sleep 4
-curl -sS --max-time 5 http://web.sbx.test:8080/after > out/after.json 2> out/after.err || echo failed > out/after.status
+curl -sS --max-time 5 http://web.sbx.test:8080/after > out/after.json 2> out/after.err \
+  || echo failed > out/after.status
 """
     killed: list[str] = []
 

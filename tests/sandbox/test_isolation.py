@@ -241,7 +241,7 @@ curl -fsS http://{other.ip}:8080/by-ip > out/ip.json
     audit = [e for e in run.step_events() if e.get("verdict") == "audit"]
     assert any(e["kind"] == "dns" and e["name"] == other.name for e in audit)
     assert any(e["kind"] == "tcp" and e.get("name") == other.name for e in audit)
-    assert any(e["kind"] == "tcp" and e.get("dst_ip") == other.ip and not e.get("name")
+    assert any((e["kind"] == "tcp" and e.get("dst_ip") == other.ip and not e.get("name"))
                or e.get("name") == other.ip for e in audit)
     assert all(e["violation"] for e in audit)
     assert run.result.record["flows"]["audit"] >= 3

@@ -215,7 +215,8 @@ class Agent:
     def serve_dns_udp(self, sock: socket.socket) -> None:
         while True:
             query, client = sock.recvfrom(4096)
-            threading.Thread(target=self._dns_query, args=(sock, query, client), daemon=True).start()
+            threading.Thread(target=self._dns_query, args=(sock, query, client),
+                             daemon=True).start()
 
     def _dns_query(self, sock: socket.socket, query: bytes, client: Any) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:

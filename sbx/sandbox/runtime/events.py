@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 _lock = threading.Lock()
@@ -18,7 +18,7 @@ _lock = threading.Lock()
 
 def now() -> str:
     """RFC 3339 UTC timestamp with microseconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def emit(kind: str, **fields: Any) -> None:

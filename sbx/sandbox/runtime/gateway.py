@@ -19,8 +19,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from dnslib import AAAA, QTYPE, RCODE, RR, A, DNSRecord  # type: ignore[import-untyped]
-from dnslib.server import BaseResolver, DNSServer  # type: ignore[import-untyped]
+from dnslib import AAAA, QTYPE, RCODE, RR, A
+from dnslib.server import BaseResolver, DNSServer
 
 from sbx.sandbox.policy import Policy, PolicyError, Rule, is_internal, normalize_name
 from sbx.sandbox.runtime import pipe

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 Result = dict[str, Any]
@@ -115,23 +116,23 @@ def plan(cfg: dict[str, Any]) -> list[Callable[[], Result]]:
     """The probes for one sandbox, from the orchestrator's description of it."""
     t = float(cfg.get("timeout", 1.0))
     denied = f"sbx-probe-{secrets.token_hex(6)}.invalid"
-    probes: list[Callable[[], Result]] = [lambda: dns_denied(denied, t)]
+    probes: list[Callable[[], Result]] = [partial(dns_denied, denied, t)]
     for ip in cfg.get("egress_ips", []):
-        probes += [lambda ip=ip: tcp("egress-raw-ip", ip, 80, t, relayed=True),
-                   lambda ip=ip: udp("egress-udp", ip, 33434, t),
-                   lambda ip=ip: icmp("egress-icmp", ip, t)]
+        probes += [partial(tcp, "egress-raw-ip", ip, 80, t, relayed=True),
+                   partial(udp, "egress-udp", ip, 33434, t),
+                   partial(icmp, "egress-icmp", ip, t)]
     for ip in cfg.get("host_ips", []):
-        probes += [lambda ip=ip: tcp("host-bridge", ip, 80, t, relayed=False),
-                   lambda ip=ip: icmp("host-bridge-icmp", ip, t),
-                   lambda ip=ip: udp("host-bridge-udp", ip, 33434, t)]
+        probes += [partial(tcp, "host-bridge", ip, 80, t, relayed=False),
+                   partial(icmp, "host-bridge-icmp", ip, t),
+                   partial(udp, "host-bridge-udp", ip, 33434, t)]
     for ip in cfg.get("peer_ips", []):
-        probes += [lambda ip=ip: tcp("peer-step", ip, 80, t, relayed=True),
-                   lambda ip=ip: icmp("peer-step-icmp", ip, t)]
+        probes += [partial(tcp, "peer-step", ip, 80, t, relayed=True),
+                   partial(icmp, "peer-step-icmp", ip, t)]
     for ip in cfg.get("ipv6_ips", []):
-        probes += [lambda ip=ip: tcp("ipv6", ip, 80, t, relayed=False),
-                   lambda ip=ip: udp("ipv6-udp", ip, 33434, t)]
+        probes += [partial(tcp, "ipv6", ip, 80, t, relayed=False),
+                   partial(udp, "ipv6-udp", ip, 33434, t)]
     if cfg.get("proxy") and cfg.get("host_ips"):
-        probes.append(lambda: proxy_internal(cfg["proxy"], f"{cfg['host_ips'][0]}:80", t))
+        probes.append(partial(proxy_internal, cfg["proxy"], f"{cfg['host_ips'][0]}:80", t))
     return probes
 
 
@@ -147,12 +148,16 @@ def main() -> None:
         except Exception as exc:  # a probe that crashed proves nothing: count it as reached
             results[i] = _result(f"probe-{i}", "error", "", True, f"{type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(probes))]
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(probes))]
     for th in threads:
         th.start()
+    # A resolver that never answers can stall getaddrinfo for many seconds: bound the wait.
+    deadline = time.monotonic() + float(cfg.get("timeout", 1.0)) + 8
     for th in threads:
-        th.join()
-    json.dump({"uid": os.getuid(), "probes": results}, sys.stdout)
+        th.join(max(0.0, deadline - time.monotonic()))
+    final = [r if r is not None else _result(f"probe-{i}", "timeout", "", False, "no verdict")
+             for i, r in enumerate(results)]
+    json.dump({"uid": os.getuid(), "probes": final}, sys.stdout)
     sys.stdout.write("\n")
 
 

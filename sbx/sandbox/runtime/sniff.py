@@ -20,9 +20,9 @@ def needs_more(data: bytes) -> bool:
     if data[:1] == b"\x16":
         if len(data) < 5:
             return True
-        (length,) = struct.unpack("!H", data[3:5])
+        length: int = struct.unpack("!H", data[3:5])[0]
         return len(data) < 5 + length
-    if any(m.startswith(data[: len(m)]) or data.startswith(m) for m in _HTTP_METHODS):
+    if any(m.startswith(bytes(data[: len(m)])) or data.startswith(m) for m in _HTTP_METHODS):
         return b"\r\n\r\n" not in data
     return False
 

@@ -10,14 +10,14 @@ import os
 import socket
 import ssl
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 NAME = os.environ["SERVER_NAME"]
 _lock = threading.Lock()
 
 
 def log(**fields: object) -> None:
-    fields["time"] = datetime.now(timezone.utc).isoformat()
+    fields["time"] = datetime.now(UTC).isoformat()
     with _lock:
         print(json.dumps(fields), flush=True)
 

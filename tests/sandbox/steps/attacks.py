@@ -10,8 +10,9 @@ import socket
 import struct
 import sys
 import urllib.parse
+from pathlib import Path
 
-cfg = json.loads(open(sys.argv[1]).read())
+cfg = json.loads(Path(sys.argv[1]).read_text())
 results: dict[str, dict[str, object]] = {}
 
 
@@ -107,7 +108,7 @@ def dns(name: str, server: str) -> None:
 
 
 def default_gateway() -> str:
-    for line in open("/proc/net/route").read().splitlines()[1:]:
+    for line in Path("/proc/net/route").read_text().splitlines()[1:]:
         fields = line.split()
         if fields[1] == "00000000":
             return socket.inet_ntoa(struct.pack("<I", int(fields[2], 16)))
@@ -136,4 +137,4 @@ for attack in cfg["attacks"]:
     elif kind == "bridge-proxy":
         proxy_connect(name, f"{default_gateway()}:{args[0]}")
 
-json.dump({"results": results, "bridge": default_gateway()}, open(sys.argv[2], "w"), indent=1)
+Path(sys.argv[2]).write_text(json.dumps({"results": results, "bridge": default_gateway()}))

@@ -203,8 +203,9 @@ def run_step_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         record["interrupted"] = True
         record["step"].update(status="interrupted", reason=f"interrupted by {exc}")
     except SbxError as exc:
-        record["step"].update(status="blocked" if isinstance(exc, SandboxFailure) else "error",
-                              reason=masker.text(exc.diagnostics()))
+        status = ("blocked" if isinstance(exc, SandboxFailure)
+                  else "failed" if exc.exit_code == EXIT_FAILED else "error")
+        record["step"].update(status=status, reason=masker.text(exc.diagnostics()))
         error = exc
     finally:
         # A second Ctrl-C must not stop the clean-up half-way.
@@ -231,8 +232,8 @@ def run_step_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     exit_code = _verdict(record, config.policy.mode)
     write_json(out / "run.json", record)
     view.summary(record)
-    if error is not None and not isinstance(error, SandboxFailure):
-        raise error
+    if error is not None and error.exit_code != EXIT_FAILED:
+        raise error  # an environment failure: exit 3 after the records are written
     return RunResult(run_id=run_id, out_dir=out, exit_code=exit_code, record=record)
 
 

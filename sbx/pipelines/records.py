@@ -42,6 +42,16 @@ class Masker:
             value = value.replace(secret, "***")
         return value
 
+    def tree(self, value: Any) -> Any:
+        """Mask every string (keys too) inside JSON-like data."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.text(str(k)): self.tree(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.tree(v) for v in value]
+        return value
+
     def data(self, value: bytes) -> bytes:
         for secret in self._values:
             value = value.replace(secret.encode(), b"***")
@@ -63,8 +73,10 @@ class EventLog:
 
     def add(self, event: dict[str, Any]) -> None:
         """Record one event (secrets masked) and tell the listeners."""
-        line = self.masker.text(json.dumps(event, sort_keys=True, separators=(",", ":")))
-        masked = json.loads(line)
+        # Mask the structure, not its JSON text: escaping would hide a secret from the
+        # masker, and a masked digit run would break a number.
+        masked = self.masker.tree(event)
+        line = json.dumps(masked, sort_keys=True, separators=(",", ":"))
         with self._lock:
             self._fh.write(line + "\n")
             self._fh.flush()

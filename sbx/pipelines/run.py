@@ -79,6 +79,10 @@ def resolve_inputs(spec: StepSpec, spec_path: Path,
                             f"{pattern!r} matches nothing in {root}: create it or remove the entry")
         for match in matches:
             for path in _walk(root / match):
+                if path.is_symlink():
+                    raise SpecError(
+                        str(spec_path), f"inputs[{i}]",
+                        f"{path} is a symbolic link: list the file it points to instead")
                 resolved = path.resolve()
                 if not resolved.is_relative_to(root):
                     raise SpecError(

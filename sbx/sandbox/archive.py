@@ -108,8 +108,16 @@ def unpack_output(chunks: Iterator[bytes], requested: str, dest_root: Path,
     base = posixpath.normpath(requested.rstrip("/"))
     top = posixpath.basename(base)
     parent = posixpath.dirname(base)
-    found: list[OutputFile] = []
     reader = io.BufferedReader(_StreamReader(chunks), buffer_size=1 << 20)
+    try:
+        return _unpack(reader, requested, top, parent, dest_root, limits, used)
+    except tarfile.TarError as exc:
+        raise ArchiveError(f"output {requested}: unreadable archive: {exc}") from None
+
+
+def _unpack(reader: io.BufferedReader, requested: str, top: str, parent: str, dest_root: Path,
+            limits: OutputLimits, used: list[int]) -> list[OutputFile]:
+    found: list[OutputFile] = []
     with tarfile.open(fileobj=reader, mode="r|") as tar:
         for member in tar:
             name = posixpath.normpath(member.name)

@@ -218,19 +218,23 @@ def _in(addr: IPAddress, net: IPNetwork) -> bool:
     return addr.version == net.version and addr in net
 
 
-def is_internal(ip: str, extra: Iterable[IPNetwork] = ()) -> bool:
-    """True when `ip` is in `INTERNAL_NETWORKS` or `extra`.
+def in_networks(ip: str, nets: Iterable[IPNetwork]) -> bool:
+    """True when `ip`, or an IPv4 address it carries, is in one of `nets`.
 
     IPv6 addresses that carry an IPv4 address (IPv4-mapped, NAT64, 6to4, Teredo)
     are also checked by that IPv4 address. Raises `PolicyError` for a string that
     is not an IP address.
     """
     addr = _parse_address(ip)
-    nets = (*INTERNAL_NETWORKS, *extra)
     candidates: list[IPAddress] = [addr]
     if isinstance(addr, ipaddress.IPv6Address):
         candidates.extend(_embedded_v4(addr))
     return any(_in(a, n) for a in candidates for n in nets)
+
+
+def is_internal(ip: str, extra: Iterable[IPNetwork] = ()) -> bool:
+    """True when `ip` is in `INTERNAL_NETWORKS` or `extra` (see `in_networks`)."""
+    return in_networks(ip, (*INTERNAL_NETWORKS, *extra))
 
 
 def _check_network(net: IPNetwork, text: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,12 @@ from sbx.errors import EnvironmentFailure, SbxError
 from sbx.sandbox import labels as L
 from sbx.sandbox.archive import ArchiveError, OutputFile, pack_inputs, unpack_output
 from sbx.sandbox.config import ProbeResult, SandboxFacts, SandboxOptions, StepConfig
-from sbx.sandbox.network import StepNetwork, create_egress_network, create_step_network
+from sbx.sandbox.network import (
+    STEP_POOL,
+    StepNetwork,
+    create_egress_network,
+    create_step_network,
+)
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -101,14 +107,17 @@ class Sandbox:
         net = create_step_network(self.client, self._name("net"), self._labels("network"))
         self.network = net
         policy = self.step.policy
+        relay_token = secrets.token_hex(16)
         gw_cfg = {"step": self.step.name, "policy": policy.to_dict(), "listen_ip": net.gateway_ip,
                   "proxy_port": PROXY_PORT, "dns_port": 53,
                   "refused": [f"{ip}/32" if ":" not in ip else f"{ip}/128"
-                              for ip in self.options.host_ips] + [net.subnet]}
+                              for ip in self.options.host_ips] + [str(STEP_POOL)],
+                  "relay_token": relay_token}
         agent_cfg = {"step": self.step.name, "gateway_ip": net.gateway_ip, "own_ip": net.agent_ip,
                      "bridge_ip": net.bridge_ip, "proxy_port": PROXY_PORT,
                      "relay_port": RELAY_PORT, "dns_udp_port": DNS_UDP_PORT,
-                     "dns_tcp_port": DNS_TCP_PORT, "nflog_group": NFLOG_GROUP}
+                     "dns_tcp_port": DNS_TCP_PORT, "nflog_group": NFLOG_GROUP,
+                     "relay_token": relay_token}
         image = self.options.runtime_image
 
         def gateway() -> None:

@@ -179,7 +179,8 @@ class Agent:
             upstream = socket.create_connection(self.gateway, timeout=5)
             upstream.sendall(
                 f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
-                f"X-Sbx-Orig-Dst: {dst_ip}:{dst_port}\r\nX-Sbx-Name-From: {how}\r\n\r\n".encode())
+                f"X-Sbx-Orig-Dst: {dst_ip}:{dst_port}\r\nX-Sbx-Name-From: {how}\r\n"
+                f"X-Sbx-Relay: {self.cfg.get('relay_token', '')}\r\n\r\n".encode())
             head, rest = pipe.read_head(upstream)
         except (OSError, ValueError) as exc:
             self._deny(f"gateway unreachable: {exc}", dst_ip=dst_ip, dst_port=dst_port, name=name)
@@ -234,7 +235,7 @@ class Agent:
         while True:
             try:
                 packets = reader.read()
-            except OSError as exc:  # ENOBUFS under a flood: say so and go on
+            except (OSError, ValueError) as exc:  # ENOBUFS under a flood: say so and go on
                 emit("agent", step=self.step, phase="log-overrun", reason=str(exc))
                 continue
             for p in packets:

@@ -22,7 +22,14 @@ from typing import Any
 from dnslib import AAAA, QTYPE, RCODE, RR, A
 from dnslib.server import BaseResolver, DNSServer
 
-from sbx.sandbox.policy import Policy, PolicyError, Rule, is_internal, normalize_name
+from sbx.sandbox.policy import (
+    Policy,
+    PolicyError,
+    Rule,
+    in_networks,
+    is_internal,
+    normalize_name,
+)
 from sbx.sandbox.runtime import pipe
 from sbx.sandbox.runtime.events import emit, log
 
@@ -50,18 +57,22 @@ class Gate:
     step: str
     policy: Policy
     refused: tuple[Network, ...]
+    relay_token: str = ""
     answered: dict[str, str] = field(default_factory=dict)  # ip -> allowed name
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _blocked_address(self, ip: str, port: int | None) -> bool:
-        """Internal and host addresses pass only when an IP rule names them."""
-        for net in self.refused:
-            try:
-                if ipaddress.ip_address(ip) in net:
-                    return True  # own addresses and host bridges: never
-            except ValueError:
-                return True
-        return is_internal(ip) and self.policy.match_ip(ip, port) is None
+        """Internal addresses pass only when an IP rule names them; refused ones never.
+
+        Every spelling counts: an IPv6 address carrying a refused IPv4 address
+        (mapped, NAT64, 6to4, Teredo) is refused too.
+        """
+        try:
+            if in_networks(ip, self.refused):
+                return True  # own addresses, host addresses and bridges, sbx's step pool
+            return is_internal(ip) and self.policy.match_ip(ip, port) is None
+        except PolicyError:
+            return True
 
     def resolve(self, name: str, port: int | None, family: int = 0) -> list[str]:
         infos = socket.getaddrinfo(name, port or 0, family, socket.SOCK_STREAM)
@@ -187,6 +198,7 @@ class _Proxy(socketserver.ThreadingTCPServer):
 
 
 def _split_host_port(target: str, default_port: int) -> tuple[str, int]:
+    """Host and port of an authority; ValueError for a port that is not 1..65535."""
     if target.startswith("["):
         host, _, rest = target[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else ""
@@ -194,7 +206,19 @@ def _split_host_port(target: str, default_port: int) -> tuple[str, int]:
         host, _, port = target.partition(":")
     else:
         host, port = target, ""
-    return host, int(port) if port else default_port
+    if not port:
+        return host, default_port
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"bad port {port[:8]!r}")
+    return host, int(port)
+
+
+def _host_header(headers: list[str]) -> str | None:
+    for h in headers:
+        key, _, value = h.partition(":")
+        if key.strip().lower() == "host":
+            return value.strip()
+    return None
 
 
 class _ProxyHandler(socketserver.BaseRequestHandler):
@@ -221,19 +245,33 @@ class _ProxyHandler(socketserver.BaseRequestHandler):
             self._answer("400 Bad Request", f"sbx gateway: {exc}")
             return
         headers = [h for h in header_lines if h]
-        orig = next((h.split(":", 1)[1].strip() for h in headers
-                     if h.lower().startswith("x-sbx-orig-dst:")), None)
-        if method.upper() == "CONNECT":
-            host, port = _split_host_port(target, 443)
-            forward = rest
-        elif target.lower().startswith("http://"):
-            authority, _, path = target[7:].partition("/")
-            host, port = _split_host_port(authority, 80)
-            kept = [h for h in headers if not h.lower().startswith(("proxy-", "x-sbx-"))]
-            forward = ("\r\n".join([f"{method} /{path} {version}", *kept]) + "\r\n\r\n").encode(
-                "latin-1") + rest
-        else:
-            self._answer("400 Bad Request", "sbx gateway: use CONNECT or an absolute http:// URL")
+        values = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in headers)}
+        # Only the agent's relay knows the token; a step cannot pose as the relay to
+        # put a made-up original destination into the evidence.
+        relayed = gate.relay_token != "" and values.get("x-sbx-relay") == gate.relay_token
+        orig = values.get("x-sbx-orig-dst") if relayed else None
+        try:
+            if method.upper() == "CONNECT":
+                host, port = _split_host_port(target, 443)
+                forward = rest
+            elif target.lower().startswith("http://"):
+                authority, _, path = target[7:].partition("/")
+                host, port = _split_host_port(authority, 80)
+                named = _host_header(headers)
+                if named is not None and _split_host_port(named, port)[0].lower() != host.lower():
+                    # Domain fronting in the clear: the URL names one host, Host another.
+                    raise ValueError(f"Host header {named[:64]!r} differs from the URL host")
+                kept = [h for h in headers if not h.lower().startswith(("proxy-", "x-sbx-"))]
+                forward = ("\r\n".join([f"{method} /{path} {version}", *kept])
+                           + "\r\n\r\n").encode("latin-1") + rest
+            else:
+                self._answer("400 Bad Request",
+                             "sbx gateway: use CONNECT or an absolute http:// URL")
+                return
+        except ValueError as exc:
+            emit("tcp", step=gate.step, verdict="denied", reason=f"bad request: {exc}",
+                 via="proxy", method=method.upper()[:16], violation=True)
+            self._answer("400 Bad Request", f"sbx gateway: {exc}")
             return
         decision = gate.decide_name(host, port)
         orig_ip, _, orig_port = (orig or "").rpartition(":")
@@ -317,7 +355,8 @@ def main() -> None:
     policy = Policy.from_dict(config["policy"])
     refused = tuple(ipaddress.ip_network(n) for n in config.get("refused", [])) + tuple(
         _own_addresses())
-    gate = Gate(step=config["step"], policy=policy, refused=refused)
+    gate = Gate(step=config["step"], policy=policy, refused=refused,
+                relay_token=str(config.get("relay_token", "")))
     listen = config["listen_ip"]
     proxy = _Proxy((listen, int(config.get("proxy_port", 3128))), _ProxyHandler)
     proxy.gate = gate

@@ -111,12 +111,12 @@ def _parse_packet(msg: bytes) -> DroppedPacket | None:
 def parse_ip(prefix: str, family: int, payload: bytes) -> DroppedPacket | None:
     """Protocol, addresses and destination port of a raw IPv4 or IPv6 packet."""
     try:
-        if family == socket.AF_INET and payload[0] >> 4 == 4:
+        if family == socket.AF_INET and len(payload) >= 20 and payload[0] >> 4 == 4:
             ihl = (payload[0] & 0x0F) * 4
             proto = payload[9]
             src, dst = payload[12:16], payload[16:20]
             l4 = payload[ihl:]
-        elif family == socket.AF_INET6 and payload[0] >> 4 == 6:
+        elif family == socket.AF_INET6 and len(payload) >= 40 and payload[0] >> 4 == 6:
             proto = payload[6]
             src, dst = payload[8:24], payload[24:40]
             l4 = payload[40:]

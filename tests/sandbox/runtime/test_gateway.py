@@ -1,0 +1,584 @@
+"""The gateway's decisions, DNS answers and proxy handling, with a fake resolver.
+
+No Docker and no network: `Gate.resolve` is replaced by a table, and the proxy
+handler talks over socket pairs with `socket.create_connection` replaced.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from dnslib import QTYPE, RCODE, DNSRecord
+
+from sbx.sandbox.policy import Policy, parse_rule
+from sbx.sandbox.runtime.gateway import Gate, Network, _ProxyHandler, _Resolver, _split_host_port
+
+PUBLIC = "198.51.100.7"
+PUBLIC6 = "2001:db8::7"
+CLIENT_CHOSEN = "203.0.113.66"
+
+ZONE: dict[str, list[str]] = {
+    "example.com": [PUBLIC, PUBLIC6],
+    "api.example.com": ["198.51.100.8"],
+    "mixed.example.com": ["10.1.2.3", "198.51.100.9"],
+    "internal.example.com": ["10.1.2.3", "127.0.0.1", "169.254.169.254"],
+    "metadata.example.com": ["169.254.169.254"],
+    "unlisted.example.org": ["198.51.100.50"],
+    "private.example.com": ["10.0.0.9"],
+    "gateway-self.example.com": ["10.0.0.2"],
+}
+
+
+@dataclass
+class FakeDNS:
+    """Stands in for `Gate.resolve`: a fixed zone, and a record of every lookup."""
+
+    zone: dict[str, list[str]]
+    calls: list[tuple[str, int | None, int]] = field(default_factory=list)
+
+    def lookup(self, name: str, port: int | None, family: int = 0) -> list[str]:
+        self.calls.append((name, port, family))
+        if name not in self.zone:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        found = self.zone[name]
+        if family == socket.AF_INET:
+            return [ip for ip in found if ipaddress.ip_address(ip).version == 4]
+        if family == socket.AF_INET6:
+            return [ip for ip in found if ipaddress.ip_address(ip).version == 6]
+        return list(found)
+
+
+@pytest.fixture
+def dns(monkeypatch: pytest.MonkeyPatch) -> FakeDNS:
+    fake = FakeDNS(ZONE)
+
+    def resolve(_gate: Gate, name: str, port: int | None, family: int = 0) -> list[str]:
+        return fake.lookup(name, port, family)
+
+    monkeypatch.setattr(Gate, "resolve", resolve)
+    return fake
+
+
+GateFactory = Callable[..., Gate]
+
+
+@pytest.fixture
+def make_gate(dns: FakeDNS) -> GateFactory:
+    def make(*allow: str, mode: str = "enforce", refused: tuple[str, ...] = ()) -> Gate:
+        rules = tuple(parse_rule(text, f"step.yaml:{i + 10}") for i, text in enumerate(allow))
+        nets: tuple[Network, ...] = tuple(ipaddress.ip_network(n) for n in refused)
+        return Gate(step="build", policy=Policy(mode=mode, rules=rules), refused=nets,
+                    relay_token="relay-secret")
+
+    return make
+
+
+def events(out: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in out.splitlines() if line]
+
+
+# --------------------------------------------------------------------------- names
+
+
+def test_allowed_name_connects_to_the_gateways_own_resolution(
+    make_gate: GateFactory, dns: FakeDNS
+) -> None:
+    gate = make_gate("example.com:443")
+    decision = gate.decide_name("example.com", 443)
+    assert decision.verdict == "allowed" and decision.passes
+    assert decision.addresses == (PUBLIC, PUBLIC6)
+    assert decision.rule is not None and decision.rule.source == "step.yaml:10"
+    assert dns.calls == [("example.com", 443, 0)]
+
+
+def test_allowed_name_is_case_and_trailing_dot_insensitive(make_gate: GateFactory) -> None:
+    gate = make_gate("example.com")
+    assert gate.decide_name("EXAMPLE.com.", 443).addresses == (PUBLIC, PUBLIC6)
+
+
+def test_allowed_name_on_another_port_is_denied(make_gate: GateFactory, dns: FakeDNS) -> None:
+    gate = make_gate("example.com:443")
+    decision = gate.decide_name("example.com", 22)
+    assert decision.verdict == "denied" and not decision.passes
+    assert dns.calls == []
+
+
+def test_wildcard_rule_allows_subdomains_only(make_gate: GateFactory) -> None:
+    gate = make_gate("*.example.com")
+    assert gate.decide_name("api.example.com", 443).verdict == "allowed"
+    assert gate.decide_name("example.com", 443).verdict == "denied"
+
+
+def test_denied_name_is_not_even_resolved(make_gate: GateFactory, dns: FakeDNS) -> None:
+    gate = make_gate("example.com")
+    decision = gate.decide_name("unlisted.example.org", 443)
+    assert decision.verdict == "denied"
+    assert "no rule" in decision.reason and "unlisted.example.org" in decision.reason
+    assert decision.addresses == ()
+    assert dns.calls == [], "a denied name must cause no upstream lookup"
+
+
+def test_internal_answers_are_dropped_from_an_allowed_name(make_gate: GateFactory) -> None:
+    gate = make_gate("mixed.example.com")
+    assert gate.decide_name("mixed.example.com", 443).addresses == ("198.51.100.9",)
+
+
+@pytest.mark.parametrize("mode", ["enforce", "audit"])
+@pytest.mark.parametrize(
+    "name", ["internal.example.com", "metadata.example.com", "private.example.com"]
+)
+def test_name_resolving_only_to_internal_addresses_is_denied_in_every_mode(
+    make_gate: GateFactory, name: str, mode: str
+) -> None:
+    gate = make_gate(name, mode=mode)
+    decision = gate.decide_name(name, 443)
+    assert decision.verdict == "denied" and not decision.passes
+    assert "internal" in decision.reason
+    assert decision.addresses == ()
+
+
+def test_unlisted_name_in_audit_mode_passes_as_audit(make_gate: GateFactory) -> None:
+    gate = make_gate("example.com", mode="audit")
+    decision = gate.decide_name("unlisted.example.org", 443)
+    assert decision.verdict == "audit" and decision.passes
+    assert decision.rule is None
+    assert decision.addresses == ("198.51.100.50",)
+
+
+def test_allowed_name_that_does_not_resolve_fails(make_gate: GateFactory) -> None:
+    gate = make_gate("nxdomain.example.com")
+    decision = gate.decide_name("nxdomain.example.com", 443)
+    assert decision.verdict == "failed" and not decision.passes
+
+
+@pytest.mark.parametrize("mode", ["enforce", "audit"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "exa mple.com",
+        "example.com\r\nHost: evil.example",
+        "example.com\n",
+        "",
+        "a..b",
+        "-x.example.com",
+        "x" * 64 + ".example.com",
+    ],
+)
+def test_invalid_names_are_denied_without_lookup(
+    make_gate: GateFactory, dns: FakeDNS, raw: str, mode: str
+) -> None:
+    gate = make_gate("example.com", "*.example.com", mode=mode)
+    decision = gate.decide_name(raw, 443)
+    assert decision.verdict == "denied"
+    assert decision.reason.startswith("invalid name")
+    assert dns.calls == []
+
+
+# --------------------------------------------------------------------------- raw addresses
+
+
+def test_raw_ip_without_rule_is_denied(make_gate: GateFactory) -> None:
+    gate = make_gate("example.com")
+    decision = gate.decide_name(PUBLIC, 443)
+    assert decision.verdict == "denied" and "no rule" in decision.reason
+
+
+def test_raw_ip_answered_by_the_gateway_dns_for_an_allowed_name_is_allowed(
+    make_gate: GateFactory,
+) -> None:
+    gate = make_gate("example.com:443")
+    gate.answered[PUBLIC] = "example.com"
+    decision = gate.decide_ip(PUBLIC, 443)
+    assert decision.verdict == "allowed"
+    assert decision.addresses == (PUBLIC,)
+    assert decision.rule is not None and decision.rule.text == "example.com:443"
+    assert gate.decide_ip(PUBLIC, 22).verdict == "denied", "the name's port rule still applies"
+    assert gate.decide_ip("198.51.100.99", 443).verdict == "denied"
+
+
+def test_bracketed_ipv6_target_is_judged_as_an_address(make_gate: GateFactory) -> None:
+    gate = make_gate("[2001:db8::/32]:443")
+    assert gate.decide_name(f"[{PUBLIC6}]", 443).verdict == "allowed"
+    assert gate.decide_name(f"[{PUBLIC6}]", 80).verdict == "denied"
+
+
+def test_ip_rule_allows_public_address_on_its_port(make_gate: GateFactory) -> None:
+    gate = make_gate("198.51.100.0/24:22")
+    assert gate.decide_ip(PUBLIC, 22).verdict == "allowed"
+    assert gate.decide_ip(PUBLIC, 23).verdict == "denied"
+
+
+@pytest.mark.parametrize(
+    "ip",
+    [
+        "10.1.2.3",
+        "127.0.0.1",
+        "169.254.169.254",
+        "192.168.1.1",
+        "172.17.0.1",
+        "::1",
+        "fe80::1",
+        "fd00::1",
+        "::ffff:10.0.0.1",
+    ],
+)
+@pytest.mark.parametrize("mode", ["enforce", "audit"])
+def test_internal_addresses_without_an_ip_rule_are_denied_in_every_mode(
+    make_gate: GateFactory, ip: str, mode: str
+) -> None:
+    gate = make_gate("example.com", mode=mode)
+    gate.answered[ip] = "example.com"  # even if DNS had (somehow) answered it
+    decision = gate.decide_ip(ip, 443)
+    assert decision.verdict == "denied" and "internal" in decision.reason
+
+
+def test_cidr_rule_allows_a_private_address_explicitly(make_gate: GateFactory) -> None:
+    gate = make_gate("10.0.0.0/8:5432")
+    assert gate.decide_ip("10.20.30.40", 5432).verdict == "allowed"
+    assert gate.decide_ip("10.20.30.40", 5433).verdict == "denied"
+    assert gate.decide_ip("192.168.0.1", 5432).verdict == "denied"
+
+
+def test_cidr_rule_also_lets_an_allowed_name_use_its_private_address(
+    make_gate: GateFactory,
+) -> None:
+    gate = make_gate("private.example.com", "10.0.0.0/8")
+    assert gate.decide_name("private.example.com", 443).addresses == ("10.0.0.9",)
+
+
+@pytest.mark.parametrize("ip", ["10.0.0.2", "10.0.0.1"])
+def test_refused_addresses_stay_refused_under_a_covering_cidr_rule(
+    make_gate: GateFactory, ip: str
+) -> None:
+    gate = make_gate(
+        "10.0.0.0/8", "gateway-self.example.com", refused=("10.0.0.2/32", "10.0.0.1/32")
+    )
+    decision = gate.decide_ip(ip, 80)
+    assert decision.verdict == "denied"
+    assert gate.decide_ip("10.0.0.3", 80).verdict == "allowed"
+    assert gate.decide_name("gateway-self.example.com", 80).verdict == "denied"
+
+
+def test_refused_addresses_stay_refused_in_audit_mode(make_gate: GateFactory) -> None:
+    gate = make_gate(mode="audit", refused=("198.51.100.0/24",))
+    assert gate.decide_ip(PUBLIC, 443).verdict == "denied"
+
+
+def test_refused_address_spelled_ipv4_mapped_is_still_refused(make_gate: GateFactory) -> None:
+    gate = make_gate("10.0.0.0/8", refused=("10.0.0.2/32",))
+    assert gate.decide_name("[::ffff:10.0.0.2]", 80).verdict == "denied"
+
+
+def test_audit_mode_passes_unlisted_public_addresses_as_audit(make_gate: GateFactory) -> None:
+    gate = make_gate("example.com", mode="audit")
+    decision = gate.decide_ip(PUBLIC, 22)
+    assert decision.verdict == "audit" and decision.passes
+    assert decision.addresses == (PUBLIC,)
+
+
+# --------------------------------------------------------------------------- host:port
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("example.com", ("example.com", 443)),
+        ("example.com:8443", ("example.com", 8443)),
+        ("example.com:", ("example.com", 443)),
+        ("198.51.100.7:22", ("198.51.100.7", 22)),
+        ("[2001:db8::1]:80", ("2001:db8::1", 80)),
+        ("[2001:db8::1]", ("2001:db8::1", 443)),
+        ("2001:db8::1", ("2001:db8::1", 443)),
+        ("[::1]:8080", ("::1", 8080)),
+    ],
+)
+def test_split_host_port(target: str, expected: tuple[str, int]) -> None:
+    assert _split_host_port(target, 443) == expected
+
+
+def test_split_host_port_refuses_a_non_numeric_port() -> None:
+    with pytest.raises(ValueError):
+        _split_host_port("example.com:https", 443)
+
+
+# --------------------------------------------------------------------------- DNS
+
+
+def ask(gate: Gate, name: str, qtype: str = "A") -> DNSRecord:
+    handler = SimpleNamespace(client_address=("172.30.0.3", 40000))
+    reply: DNSRecord = _Resolver(gate).resolve(DNSRecord.question(name, qtype), handler)
+    return reply
+
+
+def answers(reply: DNSRecord) -> list[str]:
+    return [str(rr.rdata) for rr in reply.rr]
+
+
+def test_dns_denied_name_gets_nxdomain_and_is_never_looked_up(
+    make_gate: GateFactory, dns: FakeDNS, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gate = make_gate("example.com")
+    reply = ask(gate, "unlisted.example.org")
+    assert reply.header.rcode == RCODE.NXDOMAIN
+    assert reply.rr == []
+    assert dns.calls == [], "a denied name must never be forwarded upstream"
+    [event] = events(capsys.readouterr().out)
+    assert event["kind"] == "dns" and event["verdict"] == "denied"
+    assert event["name"] == "unlisted.example.org" and event["violation"] is True
+    assert event["step"] == "build" and event["src_ip"] == "172.30.0.3"
+    assert event["qtype"] == "A" and "time" in event
+
+
+def test_dns_allowed_name_gets_its_public_a_records(
+    make_gate: GateFactory, dns: FakeDNS, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gate = make_gate("example.com:443")
+    reply = ask(gate, "Example.COM.")
+    assert reply.header.rcode == RCODE.NOERROR
+    assert answers(reply) == [PUBLIC]
+    assert all(rr.rtype == QTYPE.A for rr in reply.rr)
+    assert dns.calls == [("example.com", None, socket.AF_INET)]
+    assert gate.answered == {PUBLIC: "example.com"}
+    [event] = events(capsys.readouterr().out)
+    assert event["verdict"] == "allowed" and event["answers"] == [PUBLIC]
+    assert event["rule"] == "example.com:443" and event["rule_source"] == "step.yaml:10"
+    assert "violation" not in event
+
+
+def test_dns_aaaa_gets_ipv6_records(make_gate: GateFactory) -> None:
+    reply = ask(make_gate("example.com"), "example.com", "AAAA")
+    assert answers(reply) == [PUBLIC6]
+
+
+def test_dns_filters_internal_answers(
+    make_gate: GateFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gate = make_gate("mixed.example.com", "internal.example.com")
+    assert answers(ask(gate, "mixed.example.com")) == ["198.51.100.9"]
+    assert answers(ask(gate, "internal.example.com")) == []
+    assert "10.1.2.3" not in gate.answered and "127.0.0.1" not in gate.answered
+    logged = events(capsys.readouterr().out)
+    assert [e["answers"] for e in logged] == [["198.51.100.9"], []]
+
+
+def test_dns_answer_then_raw_ip_connection_is_allowed(make_gate: GateFactory) -> None:
+    """A tool that resolves, then connects by address (no SNI), stays within the policy."""
+    gate = make_gate("api.example.com:443")
+    assert gate.decide_ip("198.51.100.8", 443).verdict == "denied"
+    ask(gate, "api.example.com")
+    assert gate.decide_ip("198.51.100.8", 443).verdict == "allowed"
+
+
+def test_dns_audit_mode_answers_but_records_a_violation_and_remembers_nothing(
+    make_gate: GateFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gate = make_gate("example.com", mode="audit")
+    reply = ask(gate, "unlisted.example.org")
+    assert answers(reply) == ["198.51.100.50"]
+    assert gate.answered == {}
+    [event] = events(capsys.readouterr().out)
+    assert event["verdict"] == "audit" and event["violation"] is True
+
+
+def test_dns_invalid_name_is_nxdomain_without_lookup(
+    make_gate: GateFactory, dns: FakeDNS, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gate = make_gate("*.example.com", mode="audit")
+    reply = ask(gate, "bad name.example.com")
+    assert reply.header.rcode == RCODE.NXDOMAIN
+    assert dns.calls == []
+    [event] = events(capsys.readouterr().out)
+    assert event["verdict"] == "denied" and event["reason"].startswith("invalid name")
+
+
+def test_dns_allowed_name_that_does_not_exist_is_nxdomain(make_gate: GateFactory) -> None:
+    reply = ask(make_gate("nxdomain.example.com"), "nxdomain.example.com")
+    assert reply.header.rcode == RCODE.NXDOMAIN
+
+
+# --------------------------------------------------------------------------- proxy handler
+
+
+@dataclass
+class Upstream:
+    """Replaces socket.create_connection: records where the gateway connected."""
+
+    connected: list[tuple[str, int]] = field(default_factory=list)
+    far: list[socket.socket] = field(default_factory=list)
+
+    def __call__(self, address: tuple[str, int], timeout: float | None = None) -> socket.socket:
+        self.connected.append(address)
+        near, far = socket.socketpair()
+        self.far.append(far)
+        return near
+
+
+@pytest.fixture
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[Upstream]:
+    fake = Upstream()
+    monkeypatch.setattr(socket, "create_connection", fake)
+    yield fake
+    for sock in fake.far:
+        sock.close()
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    sock.settimeout(5)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def proxy(
+    gate: Gate, request: bytes, upstream: Upstream
+) -> tuple[bytes, bytes, list[BaseException]]:
+    """Run one proxy connection; returns (what the client got, what upstream got, errors)."""
+    client, served = socket.socketpair()
+    server = SimpleNamespace(gate=gate, flows={}, flows_lock=threading.Lock())
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            _ProxyHandler(served, ("172.30.0.3", 40000), server)  # type: ignore[arg-type]
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    client.sendall(request)
+    client.shutdown(socket.SHUT_WR)
+    sent_up = b""
+    # Upstream sees the forwarded bytes, then the client's end of stream.
+    for _ in range(50):
+        if upstream.far:
+            sent_up = _read_all(upstream.far[0])
+            upstream.far[0].sendall(b"pong")
+            upstream.far[0].close()
+            break
+        thread.join(0.1)
+        if not thread.is_alive():
+            break
+    thread.join(5)
+    assert not thread.is_alive(), "the proxy handler did not finish"
+    served.close()
+    got = _read_all(client)
+    client.close()
+    return got, sent_up, errors
+
+
+def test_connect_goes_to_the_gateways_resolution_not_the_original_destination(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gate = make_gate("example.com:443")
+    got, sent_up, errors = proxy(
+        gate,
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
+            b"X-Sbx-Orig-Dst: " + CLIENT_CHOSEN.encode() + b":443\r\n"
+            b"X-Sbx-Relay: relay-secret\r\n\r\nhello"
+        ),
+        upstream,
+    )
+    assert errors == []
+    assert upstream.connected == [(PUBLIC, 443)]
+    assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"pong")
+    assert sent_up == b"hello"
+    opened, closed = events(capsys.readouterr().out)
+    assert opened["phase"] == "open" and opened["connected_ip"] == PUBLIC
+    assert opened["dst_ip"] == CLIENT_CHOSEN and opened["via"] == "relay"
+    assert closed["phase"] == "close"
+    assert (closed["bytes_out"], closed["bytes_in"]) == (5, 4)
+
+
+def test_denied_connect_answers_403_and_never_connects(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gate = make_gate("example.com:443")
+    got, _, errors = proxy(gate, b"CONNECT unlisted.example.org:443 HTTP/1.1\r\n\r\n", upstream)
+    assert errors == []
+    assert got.startswith(b"HTTP/1.1 403")
+    assert upstream.connected == []
+    [event] = events(capsys.readouterr().out)
+    assert event["verdict"] == "denied" and event["violation"] is True
+    assert event["name"] == "unlisted.example.org" and event["via"] == "proxy"
+
+
+def test_plain_http_is_forwarded_in_origin_form_without_proxy_headers(
+    make_gate: GateFactory, upstream: Upstream
+) -> None:
+    gate = make_gate("api.example.com:80")
+    got, sent_up, errors = proxy(
+        gate,
+        (
+            b"GET http://api.example.com/v1/x?y=1 HTTP/1.1\r\nHost: api.example.com\r\n"
+            b"Proxy-Authorization: Basic c2VjcmV0\r\nX-Sbx-Orig-Dst: 1.2.3.4:80\r\n"
+            b"Accept: */*\r\n\r\n"
+        ),
+        upstream,
+    )
+    assert errors == []
+    assert upstream.connected == [("198.51.100.8", 80)]
+    assert sent_up == (b"GET /v1/x?y=1 HTTP/1.1\r\nHost: api.example.com\r\nAccept: */*\r\n\r\n")
+    assert got == b"pong"
+
+
+@pytest.mark.parametrize("request_head", [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"garbage\r\n\r\n"])
+def test_requests_that_are_not_proxy_requests_get_400(
+    make_gate: GateFactory, upstream: Upstream, request_head: bytes
+) -> None:
+    got, _, errors = proxy(make_gate("example.com"), request_head, upstream)
+    assert errors == []
+    assert got.startswith(b"HTTP/1.1 400")
+    assert upstream.connected == []
+
+
+def test_connect_with_a_non_numeric_port_gets_400(
+    make_gate: GateFactory, upstream: Upstream
+) -> None:
+    got, _, errors = proxy(
+        make_gate("example.com"), b"CONNECT example.com:https HTTP/1.1\r\n\r\n", upstream
+    )
+    assert errors == []
+    assert got.startswith(b"HTTP/1.1 400")
+
+
+def test_a_step_cannot_pose_as_the_relay_without_its_token(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A forged original destination must not reach the evidence."""
+    gate = make_gate("example.com:443")
+    proxy(
+        gate,
+        (
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
+            b"X-Sbx-Orig-Dst: 203.0.113.66:443\r\nX-Sbx-Relay: guessed\r\n\r\nhello"
+        ),
+        upstream,
+    )
+    opened, _ = events(capsys.readouterr().out)
+    assert opened["via"] == "proxy" and opened.get("dst_ip") != "203.0.113.66"
+
+
+def test_plain_http_with_a_host_header_for_another_host_is_refused(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fronting in the clear: the URL names an allowed host, the Host header another."""
+    gate = make_gate("example.com:80")
+    got, _, _ = proxy(
+        gate,
+        b"GET http://example.com/ HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+        upstream,
+    )
+    assert got.startswith(b"HTTP/1.1 400")
+    assert upstream.connected == []
+    (event,) = events(capsys.readouterr().out)
+    assert event["verdict"] == "denied" and "differs" in event["reason"]

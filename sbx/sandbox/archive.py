@@ -14,6 +14,7 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import IO
 
 from sbx.errors import SbxError
 
@@ -115,7 +116,7 @@ def unpack_output(chunks: Iterator[bytes], requested: str, dest_root: Path,
         raise ArchiveError(f"output {requested}: unreadable archive: {exc}") from None
 
 
-def _unpack(reader: io.BufferedReader, requested: str, top: str, parent: str, dest_root: Path,
+def _unpack(reader: IO[bytes], requested: str, top: str, parent: str, dest_root: Path,
             limits: OutputLimits, used: list[int]) -> list[OutputFile]:
     found: list[OutputFile] = []
     with tarfile.open(fileobj=reader, mode="r|") as tar:

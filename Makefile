@@ -31,7 +31,7 @@ test: $(STAMPS)/dev images
 	$(PYTHON) -m pytest -q
 
 demo: $(STAMPS)/dev images
-	sbx run examples/hello/step.yaml
+	$(PYTHON) -m sbx run examples/hello/step.yaml
 
 bench: $(STAMPS)/dev images
 	@if [ -f bench/run.py ]; then $(PYTHON) bench/run.py --quick; \

@@ -220,6 +220,7 @@ def run_step_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
                 facts = sandbox.facts(engine_info.version) if "step" in sandbox.containers \
                     else None
                 record["docker"] = {"network": sandbox.network.id,
+                                    "egress_network": sandbox.egress_network,
                                     "network_name": sandbox.network.name,
                                     "subnet": sandbox.network.subnet,
                                     "internal": facts.internal if facts else None,
@@ -252,7 +253,7 @@ def _verdict(record: dict[str, Any], mode: str) -> int:
         return EXIT_FAILED
     denied = record["flows"].get("denied", 0)
     if denied and mode == "enforce":
-        step["reason"] = f"{denied} egress attempt(s) denied"
+        step["reason"] = f"{denied} egress attempt(s) denied (enforce mode)"
         return EXIT_FAILED
     return EXIT_OK
 

@@ -19,7 +19,7 @@ _MSG_PACKET = _ULOG | 0
 _MSG_CONFIG = _ULOG | 1
 _NLMSG_ERROR = 2
 _F_REQUEST, _F_ACK = 0x1, 0x4
-_CFG_CMD, _CFG_MODE = 1, 2
+_CFG_CMD, _CFG_MODE, _CFG_TIMEOUT, _CFG_QTHRESH = 1, 2, 4, 5
 _CMD_BIND, _CMD_PF_BIND, _CMD_PF_UNBIND = 1, 3, 4
 _COPY_PACKET = 2
 _ATTR_PAYLOAD, _ATTR_PREFIX = 9, 10
@@ -59,6 +59,10 @@ class NflogReader:
             self._config(family, 0, _attr(_CFG_CMD, bytes([_CMD_PF_BIND])), check=False)
         self._config(0, group, _attr(_CFG_CMD, bytes([_CMD_BIND])))
         self._config(0, group, _attr(_CFG_MODE, struct.pack("!IBB", copy_range, _COPY_PACKET, 0)))
+        # iptables-nft's NFLOG carries no per-rule threshold, so the kernel would batch up
+        # to 100 packets or 1 s; an event must carry the time of the attempt, so flush each.
+        self._config(0, group, _attr(_CFG_QTHRESH, struct.pack("!I", 1)))
+        self._config(0, group, _attr(_CFG_TIMEOUT, struct.pack("!I", 0)))
 
     def _config(self, family: int, group: int, attrs: bytes, check: bool = True) -> None:
         self._seq += 1

@@ -82,3 +82,16 @@ def test_example_runs(step: Path, tmp_path: Path, sbx_images: tuple[str, str]) -
     assert all(p["blocked"] for p in record["probes"]) and record["probes"]
     for output in record["outputs"]:
         assert (out / "outputs" / output["path"]).is_file()
+
+
+@pytest.mark.docker
+def test_missing_step_image_is_exit_3_with_one_line_and_records(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], sbx_images: tuple[str, str]) -> None:
+    step = tmp_path / "step.yaml"
+    step.write_text("name: ghost\nimage: sbx-test-no-such-image:1\nrun: 'true'\n")
+    out = tmp_path / "run"
+    assert main(["run", str(step), "--out", str(out), "--quiet"]) == EXIT_ENVIRONMENT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sbx-test-no-such-image:1" in err and "Traceback" not in err
+    record = json.loads((out / "run.json").read_text())
+    assert record["step"]["status"] == "error" and record["ended"]

@@ -67,10 +67,11 @@ class Host:
     name: str
     ip: str
     container_id: str
+    client: docker.DockerClient
 
-    def hits(self, client: docker.DockerClient, since: dt.datetime) -> list[dict[str, Any]]:
+    def hits(self, since: dt.datetime) -> list[dict[str, Any]]:
         """What reached this host since `since`, one dict per request or datagram."""
-        raw = client.api.logs(self.container_id, stdout=True, stderr=False)
+        raw = self.client.api.logs(self.container_id, stdout=True, stderr=False)
         hits = []
         for line in raw.decode().splitlines():
             event = json.loads(line)
@@ -164,7 +165,7 @@ def internet(docker_client: docker.DockerClient, sbx_images: tuple[str, str]) ->
                 networking_config=api.create_networking_config({
                     net_id: api.create_endpoint_config(aliases=[fqdn], ipv4_address=ip)}),
                 host_config=api.create_host_config(network_mode=net_id))["Id"]
-            hosts.append(Host(fqdn, ip, cid))
+            hosts.append(Host(fqdn, ip, cid, docker_client))
             api.put_archive(cid, "/srv", _tar({"canary.py": SERVER_SCRIPT.read_bytes(),
                                                 "cert.pem": cert, "key.pem": key}))
             api.start(cid)

@@ -24,7 +24,7 @@ import sbx
 from sbx.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SbxError, SpecError
 from sbx.pipelines.loader import load_yaml
 from sbx.pipelines.records import EventLog, Masker, parse_time, write_json
-from sbx.pipelines.spec import StepSpec, load_step, spec_digest
+from sbx.pipelines.spec import StepSpec, spec_digest, validate_step
 from sbx.pipelines.view import LiveView
 from sbx.sandbox import engine, images
 from sbx.sandbox.archive import OutputFile
@@ -143,8 +143,9 @@ def _on_signal(signum: int, _frame: Any) -> None:
 
 def run_step_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     """Run one step file; always leaves run.json and removes every Docker object."""
-    spec = load_step(path)
-    digest = spec_digest(load_yaml(path))
+    loaded = load_yaml(path)
+    spec = validate_step(loaded)
+    digest = spec_digest(loaded)
     workspace = options.workspace or path.parent
     config = step_config(spec, path, workspace, dict(os.environ))
     client = engine.connect()

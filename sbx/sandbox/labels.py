@@ -14,5 +14,9 @@ def for_object(run_id: str, step: str, role: str) -> dict[str, str]:
 
 
 def object_name(run_id: str, step: str, role: str) -> str:
-    """A readable, unique name: sbx-<run>-<step>-<role>."""
-    return f"sbx-{run_id[:12]}-{step}-{role}"
+    """A readable, unique name: sbx-<run>-<step>-<role>.
+
+    The whole run id, not a prefix: ids begin with a timestamp, so a prefix would
+    collide between runs started in the same minutes.
+    """
+    return f"sbx-{run_id}-{step}-{role}"

@@ -66,7 +66,7 @@ curl -sS --max-time 5 http://web.sbx.test:8080/after > out/after.json 2> out/aft
     assert killed
     assert json.loads(run.output("out/before.json").splitlines()[0])["server"] == "web"
     assert run.output("out/after.status").strip() == "failed"
-    assert not any(h["path"] == "/after" for h in internet.web.hits(docker_client, run.started))
+    assert not any(h["path"] == "/after" for h in internet.web.hits(run.started))
     record = run.result.record
     assert run.result.exit_code == 1
     assert record["step"]["status"] == "failed"

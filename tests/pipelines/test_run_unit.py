@@ -176,3 +176,12 @@ def test_step_config_carries_secrets_command_and_inputs(workspace: Path) -> None
     assert config.outputs == ("dist/",)
     assert [r.text for r in config.policy.rules] == ["registry.npmjs.org:443"]
     assert config.policy.rules[0].source.startswith(str(path))
+
+
+def test_runs_started_together_get_distinct_docker_names() -> None:
+    """Object names embed the whole run id: two runs of one step never collide."""
+    from sbx.pipelines.run import new_run_id
+    from sbx.sandbox.labels import object_name
+
+    names = {object_name(new_run_id(), "hello", "gateway") for _ in range(50)}
+    assert len(names) == 50

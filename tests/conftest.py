@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from docker.errors import DockerException
 
+from sbx.attest.signing.local import KeyPair, keygen
 from sbx.pipelines.records import parse_time
 from sbx.pipelines.run import RunOptions, RunResult, run_step_file
 from sbx.pipelines.view import LiveView
@@ -45,6 +46,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "docker" in item.keywords:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyPair]:
+    """One Ed25519 key for the session, via SBX_SIGNING_KEY as a user would set it, so
+    no test writes a per-project key into the working tree."""
+    pair = keygen(tmp_path_factory.mktemp("keys"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SBX_SIGNING_KEY", str(pair.private))
+        yield pair
 
 
 @pytest.fixture(scope="session")
@@ -202,7 +213,7 @@ class StepRun:
         return [e for e in self.events if begin and parse_time(e["time"]) >= parse_time(begin)]
 
     def output(self, rel: str) -> str:
-        return (self.out / "outputs" / rel).read_text()
+        return (self.out / "outputs" / self.result.record["step"]["name"] / rel).read_text()
 
 
 @pytest.fixture

@@ -18,8 +18,11 @@ from pathlib import Path
 from rich.console import Console
 
 import sbx
-from sbx.errors import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK, SbxError
-from sbx.pipelines.spec import load_step, step_json_schema
+from sbx.attest.signing.interface import SignerKind
+from sbx.errors import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SbxError
+from sbx.pipelines.loader import load_yaml
+from sbx.pipelines.release import is_release_policy, validate_release_policy
+from sbx.pipelines.spec import step_json_schema, validate_step
 from sbx.pipelines.view import LiveView
 
 
@@ -32,6 +35,8 @@ class Command(enum.StrEnum):
     GC = "gc"
     IMAGE = "image"
     VERSION = "version"
+    KEYGEN = "keygen"
+    VERIFY = "verify"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,9 +54,39 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-build", action="store_true",
                      help="fail instead of building missing sbx images")
     run.add_argument("-q", "--quiet", action="store_true", help="print only the result line")
-    lint = sub.add_parser(Command.LINT.value, help="validate step files without running them")
+    run.add_argument("--signer", type=SignerKind, choices=list(SignerKind),
+                     help="local (default: Ed25519 key) or sigstore (keyless)")
+    run.add_argument("--key", type=Path,
+                     help="Ed25519 private key for --signer local (default: $SBX_SIGNING_KEY, "
+                          "else a per-project key in .sbx/keys/)")
+    run.add_argument("--identity-token",
+                     help="OIDC token for --signer sigstore (default: $SIGSTORE_IDENTITY_TOKEN,"
+                          " $SIGSTORE_ID_TOKEN, or ambient CI credentials)")
+    run.add_argument("--trust-config", type=Path,
+                     help="Sigstore client trust config JSON of a self-hosted instance")
+    lint = sub.add_parser(Command.LINT.value,
+                          help="validate step and release-policy files without running them")
     lint.add_argument("files", type=Path, nargs="+")
-    sub.add_parser(Command.SCHEMA.value, help="print the step file's JSON Schema")
+    schema = sub.add_parser(Command.SCHEMA.value, help="print a file format's JSON Schema")
+    schema.add_argument("--release-policy", action="store_true",
+                        help="the release policy's schema instead of the step file's")
+    keygen = sub.add_parser(Command.KEYGEN.value, help="make an Ed25519 signing key pair")
+    keygen.add_argument("--out", type=Path, default=Path("."),
+                        help="folder for sbx.key and sbx.pub (default: .)")
+    verify = sub.add_parser(Command.VERIFY.value,
+                            help="verify a run's signed evidence against a release policy")
+    verify.add_argument("run_dir", type=Path)
+    verify.add_argument("--policy", type=Path, help="release policy YAML")
+    verify.add_argument("--key", type=Path, action="append", default=[],
+                        help="trusted Ed25519 public key (repeatable)")
+    verify.add_argument("--cert-identity", help="Sigstore certificate identity (SAN)")
+    verify.add_argument("--cert-oidc-issuer", help="Sigstore certificate OIDC issuer")
+    verify.add_argument("--trusted-root", type=Path,
+                        help="Sigstore trusted root (or client trust config) JSON")
+    verify.add_argument("--artifact", type=Path, action="append", default=[],
+                        help="a release artifact that must be a provenance subject "
+                             "(repeatable)")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
     gc = sub.add_parser(Command.GC.value, help="remove Docker objects left by crashed runs")
     gc.add_argument("--run", help="only this run id")
     image = sub.add_parser(Command.IMAGE.value, help="build sbx's images")
@@ -64,11 +99,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
+    from sbx.pipelines.evidence import SigningOptions
     from sbx.pipelines.run import RunOptions, run_step_file
 
+    signing = SigningOptions(signer=args.signer, key=args.key,
+                             identity_token=args.identity_token,
+                             trust_config=args.trust_config)
     result = run_step_file(args.file, RunOptions(out_dir=args.out, workspace=args.workspace,
                                                  egress_network=args.egress_network,
-                                                 build_images=not args.no_build),
+                                                 build_images=not args.no_build,
+                                                 signing=signing),
                            LiveView(console, quiet=args.quiet))
     step = result.record["step"]
     reason = f": {step['reason']}" if step.get("reason") else ""
@@ -79,9 +119,38 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
 def _lint(args: argparse.Namespace) -> int:
     for path in args.files:
-        spec = load_step(path)
+        loaded = load_yaml(path)
+        if is_release_policy(loaded):
+            policy = validate_release_policy(loaded)
+            print(f"{path}: ok (release policy, {len(policy.required_steps)} required steps)")
+            continue
+        spec = validate_step(loaded)
         print(f"{path}: ok (step {spec.name}, {len(spec.egress.allow)} allow entries)")
     return EXIT_OK
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from sbx.attest.signing.local import keygen
+
+    pair = keygen(args.out)
+    print(f"private key {pair.private} (keep it secret; sbx run --key {pair.private})")
+    print(f"public key  {pair.public} (sbx verify --key {pair.public})")
+    print(f"key id      {pair.keyid}")
+    return EXIT_OK
+
+
+def _verify(args: argparse.Namespace, console: Console) -> int:
+    from sbx.pipelines.verify import VerifyOptions, render, render_json, verify
+
+    report = verify(VerifyOptions(
+        run_dir=args.run_dir, policy=args.policy, keys=tuple(args.key),
+        identity=args.cert_identity, issuer=args.cert_oidc_issuer,
+        trusted_root=args.trusted_root, artifacts=tuple(args.artifact)))
+    if args.json:
+        print(render_json(report))
+    else:
+        render(report, console)
+    return EXIT_OK if report.passed else EXIT_FAILED
 
 
 def _gc(args: argparse.Namespace) -> int:
@@ -117,8 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             case Command.LINT:
                 return _lint(args)
             case Command.SCHEMA:
-                print(json.dumps(step_json_schema(), indent=2))
+                from sbx.attest.verify.policy import release_policy_schema
+
+                schema = release_policy_schema() if args.release_policy else step_json_schema()
+                print(json.dumps(schema, indent=2))
                 return EXIT_OK
+            case Command.KEYGEN:
+                return _keygen(args)
+            case Command.VERIFY:
+                return _verify(args, console)
             case Command.GC:
                 return _gc(args)
             case Command.IMAGE:

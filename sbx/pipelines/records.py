@@ -6,6 +6,7 @@ leaves what it saw. run.json is replaced atomically at each update.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -70,6 +71,10 @@ class EventLog:
 
     def __post_init__(self) -> None:
         self._fh = self.path.open("a", encoding="utf-8")
+        # Per step, a running sha256 of its lines exactly as written: the isolation
+        # Statement signs it, and `sbx verify` recomputes it from events.jsonl.
+        self._digests: dict[str, Any] = {}
+        self._counts: Counter[str] = Counter()
 
     def add(self, event: dict[str, Any]) -> None:
         """Record one event (secrets masked) and tell the listeners."""
@@ -77,16 +82,28 @@ class EventLog:
         # masker, and a masked digit run would break a number.
         masked = self.masker.tree(event)
         line = json.dumps(masked, sort_keys=True, separators=(",", ":"))
+        step = masked.get("step")
         with self._lock:
             self._fh.write(line + "\n")
             self._fh.flush()
             self.events.append(masked)
+            if isinstance(step, str):
+                self._digests.setdefault(step, hashlib.sha256()).update(
+                    (line + "\n").encode("utf-8"))
+                self._counts[step] += 1
         for listener in self.listeners:
             listener(masked)
 
     def close(self) -> None:
         with self._lock:
             self._fh.close()
+
+    def digest(self, step: str) -> tuple[str, int]:
+        """sha256 and number of the step's lines so far, in the order written."""
+        with self._lock:
+            h = self._digests.get(step)
+            return (h.copy().hexdigest() if h else hashlib.sha256().hexdigest(),
+                    self._counts[step])
 
     def flow_counts(self, since: datetime | None) -> dict[str, int]:
         """Decisions on the step's own traffic (after `since`) by verdict."""

@@ -12,7 +12,7 @@ import os
 import secrets
 import shlex
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,14 +21,17 @@ import docker
 import psutil
 
 import sbx
+from sbx.attest.errors import SigningError
+from sbx.attest.model import Artifact, RunBinding, RunEvidence, StepEvidence
 from sbx.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SbxError, SpecError
+from sbx.pipelines import evidence as ev
 from sbx.pipelines.loader import load_yaml
 from sbx.pipelines.records import EventLog, Masker, parse_time, write_json
 from sbx.pipelines.spec import StepSpec, spec_digest, validate_step
 from sbx.pipelines.view import LiveView
 from sbx.sandbox import engine, images
 from sbx.sandbox.archive import OutputFile
-from sbx.sandbox.config import Limits, ProbeResult, SandboxOptions, StepConfig
+from sbx.sandbox.config import Limits, ProbeResult, SandboxFacts, SandboxOptions, StepConfig
 from sbx.sandbox.sandbox import Sandbox, SandboxFailure, utcnow
 
 
@@ -40,6 +43,7 @@ class RunOptions:
     workspace: Path | None = None
     egress_network: str | None = None
     build_images: bool = True
+    signing: ev.SigningOptions = field(default_factory=ev.SigningOptions)
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,8 @@ def run_step_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     digest = spec_digest(loaded)
     workspace = options.workspace or path.parent
     config = step_config(spec, path, workspace, dict(os.environ))
+    # The signer first: a bad key or a missing token stops the run before anything runs.
+    signer = ev.make_signer(options.signing, os.environ, lambda m: view.phase(spec.name, m))
     client = engine.connect()
     runtime_image = images.ensure_runtime_image(client, build=options.build_images,
                                                 log=lambda m: view.phase(spec.name, m))
@@ -157,7 +163,7 @@ def run_step_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     run_id = new_run_id()
     out = (options.out_dir or Path(".sbx/runs") / run_id).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    (out / "outputs").mkdir(parents=True, exist_ok=True)
+    (out / "outputs" / spec.name).mkdir(parents=True, exist_ok=True)
     masker = Masker(v for _, v in config.secrets)
     events = EventLog(out / "events.jsonl", masker, listeners=[view.event])
     engine_info = engine.info(client)
@@ -170,6 +176,7 @@ def run_step_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         "policy": {"mode": config.policy.mode, "digest": config.policy.digest(),
                    "allow": [r.text for r in config.policy.rules]},
         "docker": {}, "probes": [], "outputs": [], "flows": {}, "faults": [],
+        "evidence": None,
     }
     write_json(out / "run.json", record)
     sandbox = Sandbox(client, run_id, config,
@@ -178,6 +185,8 @@ def run_step_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
                                      host_ips=host_addresses(client)),
                       events.add, out / "logs")
     step_started: datetime | None = None
+    probes: tuple[ProbeResult, ...] = ()
+    facts: SandboxFacts | None = None
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     error: SbxError | None = None
     try:
@@ -203,7 +212,7 @@ def run_step_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         if status == "timeout":
             record["step"]["reason"] = f"timed out after {config.limits.timeout:.0f} s"
         record["outputs"] = [_output_dict(o) for o in
-                             sandbox.collect_outputs(out / "outputs")]
+                             sandbox.collect_outputs(out / "outputs" / spec.name)]
     except _Interrupted as exc:
         record["interrupted"] = True
         record["step"].update(status="interrupted", reason=f"interrupted by {exc}")
@@ -236,10 +245,35 @@ def run_step_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     record["flows"] = events.flow_counts(step_started)
     record["ended"] = utcnow()
     exit_code = _verdict(record, config.policy.mode)
+    view.phase(spec.name, f"signing evidence ({signer.kind})")
+    step_ev = StepEvidence(
+        name=spec.name, command=config.command,
+        materials=ev.workspace_materials(config.inputs),
+        products=tuple(Artifact(f"outputs/{spec.name}/{o['path']}", o["sha256"])
+                       for o in record["outputs"]),
+        logs=ev.log_artifacts(out, spec.name), status=record["step"]["status"],
+        exit_code=record["step"]["exit_code"], reason=record["step"]["reason"],
+        image=spec.image, image_id=record["image"]["id"], started=record["step_started"],
+        ended=record["ended"],
+        isolation=ev.isolation_of(
+            facts, policy=config.policy.to_dict(), probes=probes, flows=record["flows"],
+            reached=ev.destinations(events.events, spec.name, record["step_started"]),
+            events=events.digest(spec.name)) if facts is not None else None)
+    binding = RunBinding(run_id, digest.removeprefix("sha256:"),
+                         ev.git_commit(workspace, os.environ))
+    signed = ev.sign_run(RunEvidence(
+        binding=binding, spec_path=path.name, steps=(step_ev,), sbx_version=sbx.__version__,
+        builder_id=ev.builder_id(os.environ), started=record["started"],
+        ended=record["ended"], interrupted=record["interrupted"],
+        ci=ev.ci_context(os.environ)), signer, out)
+    record["evidence"] = {"signer": signed.signer, "error": signed.error,
+                          "files": [p.relative_to(out).as_posix() for p in signed.files]}
     write_json(out / "run.json", record)
     view.summary(record)
     if error is not None and error.exit_code != EXIT_FAILED:
         raise error  # an environment failure: exit 3 after the records are written
+    if signed.error is not None:
+        raise SigningError(f"{signed.error} (the Statements are kept unsigned in {out})")
     return RunResult(run_id=run_id, out_dir=out, exit_code=exit_code, record=record)
 
 

@@ -363,9 +363,9 @@ def format_field(loc: FieldPath) -> str:
     return out
 
 
-def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+def _model_at(root: type[BaseModel], loc: Sequence[str | int]) -> type[BaseModel] | None:
     """The model class that owns the last element of `loc`, for listing allowed fields."""
-    model: type[BaseModel] = StepSpec
+    model = root
     for part in loc[:-1]:
         info = model.model_fields.get(str(part))
         annotation = info.annotation if info is not None else None
@@ -375,7 +375,7 @@ def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
     return model
 
 
-def _reason(error: ErrorDetails) -> str:
+def _reason(root: type[BaseModel], error: ErrorDetails) -> str:
     """Our wording for one pydantic error: what is wrong and the fix, no boilerplate."""
     kind = error["type"]
     loc = error["loc"]
@@ -385,7 +385,7 @@ def _reason(error: ErrorDetails) -> str:
     if kind == "extra_forbidden":
         if isinstance(last, str) and last in DANGEROUS_FIELDS:
             return DANGEROUS_FIELDS[last]
-        model = _model_at(loc)
+        model = _model_at(root, loc)
         allowed = f" (known fields: {', '.join(model.model_fields)})" if model else ""
         return f"unknown field; remove it or fix its spelling{allowed}"
     if kind == "missing":
@@ -433,7 +433,7 @@ def _error_loc(error: ErrorDetails) -> FieldPath:
     return tuple(p for p in error["loc"] if p != "[key]")
 
 
-def _to_spec_error(loaded: LoadedDoc, exc: ValidationError) -> SpecError:
+def to_spec_error(loaded: LoadedDoc, root: type[BaseModel], exc: ValidationError) -> SpecError:
     """Pick the error a user should fix first and render it as one SpecError line."""
     errors = exc.errors(include_url=False)
 
@@ -451,7 +451,7 @@ def _to_spec_error(loaded: LoadedDoc, exc: ValidationError) -> SpecError:
 
     first = min(errors, key=rank)
     loc = _error_loc(first)
-    reason = " ".join(_reason(first).split())  # one line, whatever a message contained
+    reason = " ".join(_reason(root, first).split())  # one line, whatever a message contained
     return SpecError(str(loaded.path), format_field(loc), reason, loaded.line_of(loc))
 
 
@@ -463,7 +463,7 @@ def validate_step(loaded: LoadedDoc) -> StepSpec:
     try:
         spec = StepSpec.model_validate(loaded.data)
     except ValidationError as exc:
-        raise _to_spec_error(loaded, exc) from None
+        raise to_spec_error(loaded, StepSpec, exc) from None
     spec._source_file = str(loaded.path)
     spec._allow_lines = tuple(
         loaded.line_of(("egress", "allow", i)) for i in range(len(spec.egress.allow))

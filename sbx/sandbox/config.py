@@ -80,3 +80,7 @@ class SandboxFacts:
     agent_caps: dict[str, str]
     policy_digest: str
     engine_version: str
+    attached: tuple[str, ...] = ()  # container ids the engine lists on the step network
+    step_cap_add: tuple[str, ...] = ()
+    step_privileged: bool = False
+    egress_network: str | None = None

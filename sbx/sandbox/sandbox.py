@@ -355,7 +355,11 @@ class Sandbox:
             step_cap_drop=tuple(step_cfg.get("CapDrop") or ()),
             step_security_opt=tuple(step_cfg.get("SecurityOpt") or ()),
             agent_caps=dict(self.agent_caps), policy_digest=self.step.policy.digest(),
-            engine_version=engine_version)
+            engine_version=engine_version,
+            attached=tuple(sorted((inspected.get("Containers") or {}).keys())),
+            step_cap_add=tuple(step_cfg.get("CapAdd") or ()),
+            step_privileged=bool(step_cfg.get("Privileged")),
+            egress_network=self.egress_network)
 
     def _need_network(self) -> StepNetwork:
         if self.network is None:

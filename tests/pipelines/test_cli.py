@@ -81,7 +81,7 @@ def test_example_runs(step: Path, tmp_path: Path, sbx_images: tuple[str, str]) -
     assert record["step"]["status"] == "succeeded"
     assert all(p["blocked"] for p in record["probes"]) and record["probes"]
     for output in record["outputs"]:
-        assert (out / "outputs" / output["path"]).is_file()
+        assert (out / "outputs" / record["step"]["name"] / output["path"]).is_file()
 
 
 @pytest.mark.docker

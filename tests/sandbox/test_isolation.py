@@ -280,4 +280,4 @@ def test_symlinked_output_is_refused(run_step: Any) -> None:
     run = run_step(_step("links", "mkdir -p out && ln -s /etc/shadow out/loot", []))
     assert run.result.exit_code == 1
     assert "link" in run.result.record["step"]["reason"]
-    assert not (run.out / "outputs" / "out" / "loot").exists()
+    assert not (run.out / "outputs" / "links" / "out" / "loot").exists()

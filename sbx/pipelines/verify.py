@@ -1,0 +1,93 @@
+"""`sbx verify`: choose whom to trust, verify a run directory, show every check."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from sbx.attest.errors import EvidenceInputError
+from sbx.attest.signing.local import PUBLIC_NAME, load_public_key
+from sbx.attest.verify.checks import Status
+from sbx.attest.verify.policy import DEFAULT_POLICY, ReleasePolicy
+from sbx.attest.verify.trust import IdentityTrust, KeyTrust, Trust
+from sbx.attest.verify.verifier import Report, verify_run
+from sbx.pipelines.evidence import DEFAULT_KEY_DIR
+from sbx.pipelines.release import load_release_policy
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """The command line of `sbx verify`."""
+
+    run_dir: Path
+    policy: Path | None = None
+    keys: tuple[Path, ...] = ()
+    identity: str | None = None
+    issuer: str | None = None
+    trusted_root: Path | None = None
+    artifacts: tuple[Path, ...] = ()
+
+
+def choose_trust(options: VerifyOptions, policy: ReleasePolicy) -> Trust:
+    """Flags first, then the policy's signer, then this project's own key."""
+    if options.keys and (options.identity or options.issuer):
+        raise EvidenceInputError("--key and --cert-identity exclude each other: verify "
+                                 "either a local key's or a Sigstore identity's signatures")
+    if options.identity or options.issuer:
+        if not (options.identity and options.issuer):
+            raise EvidenceInputError("--cert-identity and --cert-oidc-issuer go together: "
+                                     "pass both")
+        root = options.trusted_root or _policy_root(policy)
+        return IdentityTrust(options.identity, options.issuer, root)
+    if options.keys:
+        return KeyTrust([load_public_key(k) for k in options.keys])
+    signer = policy.signer
+    if signer is not None and signer.key:
+        return KeyTrust([load_public_key(Path(signer.key))])
+    if signer is not None and signer.identity and signer.issuer:
+        root = options.trusted_root or _policy_root(policy)
+        return IdentityTrust(signer.identity, signer.issuer, root)
+    project_key = DEFAULT_KEY_DIR / PUBLIC_NAME
+    if project_key.is_file():
+        return KeyTrust([load_public_key(project_key)])
+    raise EvidenceInputError("no signer to trust: pass --key sbx.pub, or --cert-identity and "
+                             "--cert-oidc-issuer, or set signer: in the --policy file")
+
+
+def _policy_root(policy: ReleasePolicy) -> Path | None:
+    root = policy.signer.trusted_root if policy.signer else None
+    return Path(root) if root else None
+
+
+def verify(options: VerifyOptions) -> Report:
+    """Load the policy, choose the trust, run every check."""
+    policy = load_release_policy(options.policy) if options.policy else DEFAULT_POLICY
+    trust = choose_trust(options, policy)
+    return verify_run(options.run_dir, trust, policy, options.artifacts)
+
+
+_STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.SKIP: "dim"}
+
+
+def render(report: Report, console: Console) -> None:
+    """The report as a table, one row per check, with its reason."""
+    table = Table(title=f"sbx verify {report.run_dir}", caption=f"trusting {report.trust}",
+                  show_lines=False)
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("reason", overflow="fold")
+    for r in report.results:
+        table.add_row(r.check.value, f"[{_STYLE[r.status]}]{r.status.value}[/]", r.reason)
+    console.print(table)
+    verdict = "[bold green]PASSED[/]" if report.passed else \
+        f"[bold red]FAILED[/] ({', '.join(r.check.value for r in report.failed())})"
+    console.print(f"verification {verdict}")
+
+
+def render_json(report: Report) -> str:
+    """The `--json` form."""
+    return json.dumps(report.to_dict(), indent=2)

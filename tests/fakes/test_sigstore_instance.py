@@ -272,9 +272,20 @@ def _uuid_at(inst: SigstoreInstance, index: int) -> str:
 # --- what must not verify ---
 
 
-@pytest.mark.parametrize("case", ["wrong identity", "wrong issuer", "other instance's root"])
+@pytest.mark.parametrize(
+    ("case", "reason"),
+    [
+        ("wrong identity", "SANs do not match"),
+        ("wrong issuer", "OIDCIssuer does not match"),
+        ("other instance's root", "certificate chain"),
+    ],
+)
 def test_verification_fails(
-    instance: SigstoreInstance, other: SigstoreInstance, dsse_bundle: Bundle, case: str
+    instance: SigstoreInstance,
+    other: SigstoreInstance,
+    dsse_bundle: Bundle,
+    case: str,
+    reason: str,
 ) -> None:
     identity = instance.identity_of(DEFAULT_IDENTITY)
     issuer = instance.issuer_url
@@ -287,20 +298,28 @@ def test_verification_fails(
         issuer = other.issuer_url
     else:
         trusted = other
-    with pytest.raises(VerificationError):
+    with pytest.raises(VerificationError, match=reason):
         verifier(trusted).verify_dsse(
             dsse_bundle, policy.Identity(identity=identity, issuer=issuer)
         )
 
 
-@pytest.mark.parametrize("tamper", ["integrated time", "inclusion proof", "checkpoint", "payload"])
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        ("integrated time", "SET: invalid inclusion promise"),
+        ("inclusion proof", "inclusion proof contains invalid root hash"),
+        ("checkpoint", "checkpoint: invalid signature"),
+        ("payload", "DSSE: invalid signature"),
+    ],
+)
 def test_tampered_bundle_fails(
-    instance: SigstoreInstance, dsse_bundle: Bundle, tamper: str
+    instance: SigstoreInstance, dsse_bundle: Bundle, tamper: str, reason: str
 ) -> None:
     document = json.loads(dsse_bundle.to_json())
     entry = document["verificationMaterial"]["tlogEntries"][0]
-    if tamper == "integrated time":  # the SET covers it
-        entry["integratedTime"] = str(int(entry["integratedTime"]) - 1)
+    if tamper == "integrated time":  # later, so still inside the leaf's validity: only the SET
+        entry["integratedTime"] = str(int(entry["integratedTime"]) + 1)
     elif tamper == "inclusion proof":
         entry["inclusionProof"]["rootHash"] = base64.b64encode(b"\x00" * 32).decode()
     elif tamper == "checkpoint":
@@ -310,7 +329,7 @@ def test_tampered_bundle_fails(
     else:
         document["dsseEnvelope"]["payload"] = base64.b64encode(statement_bytes(b"evil")).decode()
     bundle = Bundle.from_json(json.dumps(document))
-    with pytest.raises(VerificationError):
+    with pytest.raises(VerificationError, match=reason):
         verifier(instance).verify_dsse(
             bundle,
             policy.Identity(

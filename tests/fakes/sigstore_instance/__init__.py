@@ -6,6 +6,24 @@ CT log) and a Rekor v1-like transparency log, each a `ThreadingHTTPServer` on
 sigstore-python (`SigningContext.from_trust_config`, `Verifier`, and the CLI's
 `--trust-config`) at them. Nothing here talks to anything but 127.0.0.1.
 
+Use (see ../test_sigstore_instance.py)::
+
+    from fakes.sigstore_instance import SigstoreInstance  # tests/ is on sys.path
+
+    with SigstoreInstance(tmp_path) as inst:  # or .start() / .stop()
+        config = ClientTrustConfig.from_json(inst.trust_config.read_text())
+        with SigningContext.from_trust_config(config).signer(
+            IdentityToken(inst.token())  # default: a GitLab ci_config_ref_uri identity
+        ) as signer:
+            bundle = signer.sign_dsse(dsse.Statement(statement_json_bytes))
+        Verifier(trusted_root=TrustedRoot.from_file(str(inst.trusted_root))).verify_dsse(
+            bundle, policy.Identity(identity=inst.identity_of(DEFAULT_IDENTITY),
+                                    issuer=inst.issuer_url),
+        )
+        # CLI: python -m sigstore --trust-config {inst.trust_config} verify identity
+        #      --bundle B --cert-identity ... --cert-oidc-issuer {inst.issuer_url} SUBJECT_FILE
+        # with env={**os.environ, **inst.environ}
+
 Choices that follow from sigstore-python 4.x's source:
 
 * Plain HTTP. Nothing in sigstore-python requires https: service URLs are plain

@@ -58,6 +58,17 @@ def signing_key(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyPair]:
         yield pair
 
 
+@pytest.fixture
+def sigstore_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A Sigstore-compatible instance on loopback (OIDC, Fulcio-like CA, Rekor-like log)."""
+    from fakes.sigstore_instance import SigstoreInstance
+
+    with SigstoreInstance(tmp_path / "sigstore") as instance:
+        for name, value in instance.environ.items():
+            monkeypatch.setenv(name, value)
+        yield instance
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> docker.DockerClient:
     return docker.from_env(timeout=120)

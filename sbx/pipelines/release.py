@@ -12,8 +12,11 @@ from sbx.pipelines.spec import to_spec_error
 
 
 def is_release_policy(loaded: LoadedDoc) -> bool:
-    """Release policies carry `version:`; step files never do (their schema forbids it)."""
-    return isinstance(loaded.data, dict) and "version" in loaded.data
+    """A document with any field only release policies have (`version:`, `isolation:`...)."""
+    from sbx.pipelines.spec import StepSpec
+
+    only_policy = set(ReleasePolicy.model_fields) - set(StepSpec.model_fields)
+    return isinstance(loaded.data, dict) and bool(only_policy & set(loaded.data))
 
 
 def validate_release_policy(loaded: LoadedDoc) -> ReleasePolicy:

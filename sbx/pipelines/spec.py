@@ -401,6 +401,8 @@ def _reason(root: type[BaseModel], error: ErrorDetails) -> str:
         }
         hint = hints.get(str(last), "fix the value")
         return f"{value!r} is not valid; {hint}"
+    if kind == "literal_error":
+        return f"{value!r} is not allowed; write {ctx.get('expected', 'a valid value')}"
     if kind == "enum":
         return f"{value!r} is not one of {ctx.get('expected', '')}; pick one of them"
     if kind in {"greater_than_equal", "less_than_equal", "greater_than", "less_than"}:

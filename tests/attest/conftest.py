@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from synthetic import SyntheticRun, build_run  # type: ignore[import-not-found]
+from fakes.signed_run import SyntheticRun, build_run
 
 from sbx.attest.signing.local import KeyPair, keygen
 

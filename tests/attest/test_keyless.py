@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.signed_run import build_run
 from fakes.sigstore_instance import DEFAULT_IDENTITY, SigstoreInstance
-from synthetic import build_run  # type: ignore[import-not-found]
 
 from sbx.attest.errors import EvidenceInputError, SigningError
 from sbx.attest.signing.keyless import SigstoreSigner, find_token
@@ -68,6 +68,9 @@ def test_a_wrong_identity_issuer_or_root_fails_signatures(
     report = verify_run(root, IdentityTrust(identity, issuer, trusted), DEFAULT_POLICY)
     results = {r.check.value: r for r in report.results}
     assert results["signatures"].status is Status.FAIL
+    words = {"identity": "SANs do not match", "issuer": "OIDCIssuer does not match",
+             "root": "certificate chain"}[wrong]
+    assert words in results["signatures"].reason
     assert not report.passed
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fakes.signed_run import build_run
 from google.protobuf import json_format
 from in_toto_attestation.predicates.link.v0 import link_pb2
 from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
 from in_toto_attestation.v1 import resource_descriptor_pb2
 from in_toto_attestation.v1.statement import Statement
-from synthetic import build_run  # type: ignore[import-not-found]
 
 from sbx.attest.signing.local import KeyPair
 from sbx.attest.statements import (

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes.signed_run import SyntheticRun
 from securesystemslib.signer import CryptoSigner
-from synthetic import SyntheticRun  # type: ignore[import-not-found]
 
 from sbx.attest.model import Probe
 from sbx.attest.signing.local import keygen, load_public_key, load_signer

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 _NAME = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 
@@ -42,15 +42,15 @@ class SignerPolicy(_Model):
 class IsolationPolicy(_Model):
     """What every step's isolation Statement must show."""
 
-    internal_network: bool = Field(True, description="each step on an internal network")
-    distinct_networks: bool = Field(
+    internal_network: StrictBool = Field(True, description="each step on an internal network")
+    distinct_networks: StrictBool = Field(
         True, description="no network and no container shared by two steps")
-    no_capabilities: bool = Field(
+    no_capabilities: StrictBool = Field(
         True, description="step: all capabilities dropped, no-new-privileges, not privileged")
-    probes_blocked: bool = Field(True, description="every fail-closed probe was blocked")
-    max_denied_flows: int = Field(
+    probes_blocked: StrictBool = Field(True, description="every fail-closed probe was blocked")
+    max_denied_flows: StrictInt = Field(
         0, ge=0, description="denied egress attempts allowed per step")
-    allow_audit_mode: bool = Field(
+    allow_audit_mode: StrictBool = Field(
         False, description="accept steps whose egress policy was in audit mode")
 
 
@@ -61,7 +61,7 @@ class ReleasePolicy(_Model):
     signer: SignerPolicy | None = None
     required_steps: tuple[str, ...] = Field(
         (), description="steps the run must contain (besides every step it lists)")
-    steps_succeeded: bool = Field(True, description="every step exited 0")
+    steps_succeeded: StrictBool = Field(True, description="every step exited 0")
     isolation: IsolationPolicy = IsolationPolicy()
     destinations: dict[str, tuple[str, ...]] = Field(
         default_factory=dict,

@@ -4,7 +4,8 @@
 ARG BASE=debian:bookworm-slim
 FROM ${BASE}
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 git curl ca-certificates openssl \
+ && apt-get install -y --no-install-recommends python3 python3-pip python3-setuptools \
+      python3-wheel git curl ca-certificates openssl \
  && rm -rf /var/lib/apt/lists/*
 LABEL sbx.managed=1
 CMD ["/bin/bash"]

@@ -218,13 +218,25 @@ class StepRun:
     def out(self) -> Path:
         return self.result.out_dir
 
+    @property
+    def step(self) -> dict[str, Any]:
+        """The run's only step record."""
+        return only_step(self.result.record)
+
     def step_events(self) -> list[dict[str, Any]]:
         """Events after the probes, from the step's own traffic."""
-        begin = self.result.record["step_started"]
+        begin = self.step["step_started"]
         return [e for e in self.events if begin and parse_time(e["time"]) >= parse_time(begin)]
 
     def output(self, rel: str) -> str:
-        return (self.out / "outputs" / self.result.record["step"]["name"] / rel).read_text()
+        return (self.out / "outputs" / self.step["name"] / rel).read_text()
+
+
+def only_step(record: dict[str, Any]) -> dict[str, Any]:
+    """The step record of a one-step run's run.json."""
+    steps = list(record["steps"].values())
+    assert len(steps) == 1, f"expected one step, got {[s['name'] for s in steps]}"
+    return steps[0]
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import sbx
 from sbx.attest.signing.interface import SignerKind
 from sbx.errors import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SbxError
 from sbx.pipelines.loader import load_yaml
+from sbx.pipelines.pipeline_spec import is_pipeline, validate_pipeline
 from sbx.pipelines.release import is_release_policy, validate_release_policy
 from sbx.pipelines.spec import step_json_schema, validate_step
 from sbx.pipelines.view import LiveView
@@ -37,6 +38,9 @@ class Command(enum.StrEnum):
     VERSION = "version"
     KEYGEN = "keygen"
     VERIFY = "verify"
+    REPORT = "report"
+    PLAN = "plan"
+    LEARN = "learn"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,12 +68,21 @@ def _parser() -> argparse.ArgumentParser:
                           " $SIGSTORE_ID_TOKEN, or ambient CI credentials)")
     run.add_argument("--trust-config", type=Path,
                      help="Sigstore client trust config JSON of a self-hosted instance")
+    run.add_argument("--alert-webhook", metavar="URL",
+                     help="POST every violation as JSON (Slack-compatible `text`) to URL")
+    run.add_argument("--junit", type=Path, metavar="FILE",
+                     help="write step results and violations as a JUnit report")
+    run.add_argument("--codequality", type=Path, metavar="FILE",
+                     help="write violations as a GitLab Code Quality report")
     lint = sub.add_parser(Command.LINT.value,
                           help="validate step and release-policy files without running them")
     lint.add_argument("files", type=Path, nargs="+")
     schema = sub.add_parser(Command.SCHEMA.value, help="print a file format's JSON Schema")
-    schema.add_argument("--release-policy", action="store_true",
-                        help="the release policy's schema instead of the step file's")
+    kind = schema.add_mutually_exclusive_group()
+    kind.add_argument("--release-policy", action="store_true",
+                      help="the release policy's schema instead of the step file's")
+    kind.add_argument("--pipeline", action="store_true",
+                      help="the pipeline file's schema instead of the step file's")
     keygen = sub.add_parser(Command.KEYGEN.value, help="make an Ed25519 signing key pair")
     keygen.add_argument("--out", type=Path, default=Path("."),
                         help="folder for sbx.key and sbx.pub (default: .)")
@@ -87,6 +100,23 @@ def _parser() -> argparse.ArgumentParser:
                         help="a release artifact that must be a provenance subject "
                              "(repeatable)")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    report = sub.add_parser(Command.REPORT.value,
+                            help="write a self-contained HTML report of a run")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--html", type=Path, required=True, metavar="FILE")
+    report.add_argument("--policy", type=Path, help="release policy for the verdict")
+    report.add_argument("--key", type=Path, action="append", default=[],
+                        help="trusted public key for the verdict (repeatable)")
+    report.add_argument("--cert-identity", help="Sigstore certificate identity")
+    report.add_argument("--cert-oidc-issuer", help="Sigstore certificate OIDC issuer")
+    report.add_argument("--trusted-root", type=Path, help="Sigstore trusted root JSON")
+    plan = sub.add_parser(Command.PLAN.value,
+                          help="dry-run a changed policy against a recorded run's flows")
+    plan.add_argument("file", type=Path, help="the changed step or pipeline file")
+    plan.add_argument("--against", type=Path, required=True, metavar="RUN_DIR")
+    learn = sub.add_parser(Command.LEARN.value,
+                           help="propose the smallest allowlist per step from a run's flows")
+    learn.add_argument("run_dir", type=Path)
     gc = sub.add_parser(Command.GC.value, help="remove Docker objects left by crashed runs")
     gc.add_argument("--run", help="only this run id")
     image = sub.add_parser(Command.IMAGE.value, help="build sbx's images")
@@ -99,22 +129,65 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
+    from sbx.pipelines.alerts import check_webhook_url
     from sbx.pipelines.evidence import SigningOptions
-    from sbx.pipelines.run import RunOptions, run_step_file
+    from sbx.pipelines.run import RunOptions, run_file
 
     signing = SigningOptions(signer=args.signer, key=args.key,
                              identity_token=args.identity_token,
                              trust_config=args.trust_config)
-    result = run_step_file(args.file, RunOptions(out_dir=args.out, workspace=args.workspace,
-                                                 egress_network=args.egress_network,
-                                                 build_images=not args.no_build,
-                                                 signing=signing),
-                           LiveView(console, quiet=args.quiet))
-    step = result.record["step"]
-    reason = f": {step['reason']}" if step.get("reason") else ""
-    print(f"sbx: step {step['name']} {step['status']}{reason} (records in {result.out_dir})",
-          file=sys.stderr)
+    webhook = check_webhook_url(args.alert_webhook) if args.alert_webhook else None
+    result = run_file(args.file, RunOptions(out_dir=args.out, workspace=args.workspace,
+                                            egress_network=args.egress_network,
+                                            build_images=not args.no_build, signing=signing,
+                                            alert_webhook=webhook, junit=args.junit,
+                                            codequality=args.codequality),
+                      LiveView(console, quiet=args.quiet))
+    record = result.record
+    reason = f": {record['reason']}" if record.get("reason") else ""
+    print(f"sbx: {record['kind']} {record['name']} {record['status']}{reason} "
+          f"(records in {result.out_dir})", file=sys.stderr)
     return result.exit_code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sbx.attest.errors import EvidenceInputError
+    from sbx.pipelines.report import write_html
+    from sbx.pipelines.verify import VerifyOptions, verify
+
+    options = VerifyOptions(run_dir=args.run_dir, policy=args.policy, keys=tuple(args.key),
+                            identity=args.cert_identity, issuer=args.cert_oidc_issuer,
+                            trusted_root=args.trusted_root)
+    try:
+        verification = verify(options).to_dict()
+    except EvidenceInputError as exc:
+        if args.key or args.cert_identity or args.policy:
+            raise  # the user asked for a verdict and it cannot be had: say why
+        print(f"sbx: report without a verdict: {exc.diagnostics()}", file=sys.stderr)
+        verification = None
+    write_html(args.run_dir, args.html, verification)
+    print(f"{args.html}: report of {args.run_dir}"
+          + ("" if verification is None else
+             f" (verification {'passed' if verification['passed'] else 'FAILED'})"))
+    return EXIT_OK
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from sbx.pipelines.plan import plan, recorded_flows, render_plan
+    from sbx.pipelines.run import load_run_file
+
+    _, pipeline, _ = load_run_file(args.file)
+    policies = {s.spec.name: s.spec.policy() for s in pipeline.steps}
+    print(render_plan(plan(policies, recorded_flows(args.against))), end="")
+    return EXIT_OK
+
+
+def _learn(args: argparse.Namespace) -> int:
+    from sbx.pipelines.plan import learn, recorded_flows, render_learn, unlearnable
+
+    flows = recorded_flows(args.run_dir)
+    print(render_learn(learn(flows), unlearnable(flows)), end="")
+    return EXIT_OK
 
 
 def _lint(args: argparse.Namespace) -> int:
@@ -123,6 +196,11 @@ def _lint(args: argparse.Namespace) -> int:
         if is_release_policy(loaded):
             policy = validate_release_policy(loaded)
             print(f"{path}: ok (release policy, {len(policy.required_steps)} required steps)")
+            continue
+        if is_pipeline(loaded):
+            pipeline = validate_pipeline(loaded)
+            print(f"{path}: ok (pipeline {pipeline.name}, {len(pipeline.steps)} steps: "
+                  f"{' -> '.join(s.spec.name for s in pipeline.steps)})")
             continue
         spec = validate_step(loaded)
         print(f"{path}: ok (step {spec.name}, {len(spec.egress.allow)} allow entries)")
@@ -188,13 +266,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             case Command.SCHEMA:
                 from sbx.attest.verify.policy import release_policy_schema
 
-                schema = release_policy_schema() if args.release_policy else step_json_schema()
+                from sbx.pipelines.pipeline_spec import pipeline_json_schema
+
+                schema = (release_policy_schema() if args.release_policy
+                          else pipeline_json_schema() if args.pipeline else step_json_schema())
                 print(json.dumps(schema, indent=2))
                 return EXIT_OK
             case Command.KEYGEN:
                 return _keygen(args)
             case Command.VERIFY:
                 return _verify(args, console)
+            case Command.REPORT:
+                return _report(args)
+            case Command.PLAN:
+                return _plan(args)
+            case Command.LEARN:
+                return _learn(args)
             case Command.GC:
                 return _gc(args)
             case Command.IMAGE:

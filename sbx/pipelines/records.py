@@ -105,13 +105,13 @@ class EventLog:
             return (h.copy().hexdigest() if h else hashlib.sha256().hexdigest(),
                     self._counts[step])
 
-    def flow_counts(self, since: datetime | None) -> dict[str, int]:
-        """Decisions on the step's own traffic (after `since`) by verdict."""
+    def flow_counts(self, since: datetime | None, step: str | None = None) -> dict[str, int]:
+        """Decisions on a step's own traffic (after `since`) by verdict."""
         counts: Counter[str] = Counter()
         with self._lock:
             events = list(self.events)
         for e in events:
-            if not is_decision(e):
+            if not is_decision(e) or (step is not None and e.get("step") != step):
                 continue
             if since is not None and parse_time(e["time"]) < since:
                 continue

@@ -1,4 +1,4 @@
-"""`sbx run STEP`: one step, end to end, with its records.
+"""`sbx run FILE`: a step or a pipeline, end to end, with its records and evidence.
 
 This is the composition root for a single step: it turns a validated spec into
 a sandbox StepConfig, drives the sandbox through prepare, probe, run and copy
@@ -23,16 +23,19 @@ import psutil
 import sbx
 from sbx.attest.errors import SigningError
 from sbx.attest.model import Artifact, RunBinding, RunEvidence, StepEvidence
-from sbx.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SbxError, SpecError
+from sbx.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SpecError
 from sbx.pipelines import evidence as ev
-from sbx.pipelines.loader import load_yaml
-from sbx.pipelines.records import EventLog, Masker, parse_time, write_json
+from sbx.pipelines.alerts import WebhookAlerter, WebhookOptions
+from sbx.pipelines.ci_reports import write_codequality, write_junit
+from sbx.pipelines.executor import Executor, StepState, step_record, write_record
+from sbx.pipelines.loader import LoadedDoc, load_yaml
+from sbx.pipelines.pipeline_spec import Pipeline, PlannedStep, is_pipeline, validate_pipeline
+from sbx.pipelines.records import EventListener, EventLog, Masker
 from sbx.pipelines.spec import StepSpec, spec_digest, validate_step
 from sbx.pipelines.view import LiveView
-from sbx.sandbox import engine, images
-from sbx.sandbox.archive import OutputFile
-from sbx.sandbox.config import Limits, ProbeResult, SandboxFacts, SandboxOptions, StepConfig
-from sbx.sandbox.sandbox import Sandbox, SandboxFailure, utcnow
+from sbx.sandbox import engine, images, labels
+from sbx.sandbox.config import Limits, SandboxOptions, StepConfig
+from sbx.sandbox.sandbox import Sandbox, remove_by_label, utcnow
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,10 @@ class RunOptions:
     egress_network: str | None = None
     build_images: bool = True
     signing: ev.SigningOptions = field(default_factory=ev.SigningOptions)
+    listeners: tuple[EventListener, ...] = ()
+    alert_webhook: str | None = None
+    junit: Path | None = None
+    codequality: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -145,158 +152,146 @@ def _on_signal(signum: int, _frame: Any) -> None:
     raise _Interrupted(signal.Signals(signum).name)
 
 
-def run_step_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
-    """Run one step file; always leaves run.json and removes every Docker object."""
+def load_run_file(path: Path) -> tuple[LoadedDoc, Pipeline, str]:
+    """A step or pipeline file as a pipeline (a step file is a pipeline of one step)."""
     loaded = load_yaml(path)
+    if is_pipeline(loaded):
+        return loaded, validate_pipeline(loaded), "pipeline"
     spec = validate_step(loaded)
+    return loaded, Pipeline(spec.name, (PlannedStep(spec, (), (), ()),)), "step"
+
+
+def run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
+    """Run a step or pipeline file; always leaves run.json and removes every Docker object."""
+    loaded, pipeline, kind = load_run_file(path)
     digest = spec_digest(loaded)
     workspace = options.workspace or path.parent
-    config = step_config(spec, path, workspace, dict(os.environ))
+    configs = {s.spec.name: step_config(s.spec, path, workspace, dict(os.environ))
+               for s in pipeline.steps}
     # The signer first: a bad key or a missing token stops the run before anything runs.
-    signer = ev.make_signer(options.signing, os.environ, lambda m: view.phase(spec.name, m))
+    signer = ev.make_signer(options.signing, os.environ,
+                            lambda m: view.phase(pipeline.name, m))
     client = engine.connect()
     runtime_image = images.ensure_runtime_image(client, build=options.build_images,
-                                                log=lambda m: view.phase(spec.name, m))
-    if spec.image == images.STEP_IMAGE:
+                                                log=lambda m: view.phase(pipeline.name, m))
+    if any(c.image == images.STEP_IMAGE for c in configs.values()):
         images.ensure_step_image(client, build=options.build_images,
-                                 log=lambda m: view.phase(spec.name, m))
+                                 log=lambda m: view.phase(pipeline.name, m))
     run_id = new_run_id()
     out = (options.out_dir or Path(".sbx/runs") / run_id).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    (out / "outputs" / spec.name).mkdir(parents=True, exist_ok=True)
-    masker = Masker(v for _, v in config.secrets)
-    events = EventLog(out / "events.jsonl", masker, listeners=[view.event])
+    for name in configs:
+        (out / "outputs" / name).mkdir(parents=True, exist_ok=True)
+    masker = Masker(v for c in configs.values() for _, v in c.secrets)
+    alerter = WebhookAlerter(WebhookOptions(options.alert_webhook), run_id) \
+        if options.alert_webhook else None
+    events = EventLog(out / "events.jsonl", masker,
+                      listeners=[view.event, *options.listeners, *([alerter] if alerter else [])])
     engine_info = engine.info(client)
     record: dict[str, Any] = {
-        "schema": "https://sbx.dev/run/v1", "run_id": run_id, "sbx_version": sbx.__version__,
+        "schema": "https://sbx.dev/run/v1", "kind": kind, "name": pipeline.name,
+        "run_id": run_id, "sbx_version": sbx.__version__,
         "spec": {"path": str(path), "digest": digest}, "out_dir": str(out),
-        "started": utcnow(), "step_started": None, "ended": None, "interrupted": False,
-        "step": {"name": spec.name, "status": "preparing", "exit_code": None, "reason": None},
-        "image": {"ref": spec.image, "id": None}, "engine": {"version": engine_info.version},
-        "policy": {"mode": config.policy.mode, "digest": config.policy.digest(),
-                   "allow": [r.text for r in config.policy.rules]},
-        "docker": {}, "probes": [], "outputs": [], "flows": {}, "faults": [],
+        "started": utcnow(), "ended": None, "interrupted": False, "status": "running",
+        "reason": None, "engine": {"version": engine_info.version},
+        "order": [s.spec.name for s in pipeline.steps],
+        "steps": {s.spec.name: step_record(s, configs[s.spec.name]) for s in pipeline.steps},
         "evidence": None,
     }
-    write_json(out / "run.json", record)
-    sandbox = Sandbox(client, run_id, config,
-                      SandboxOptions(runtime_image=runtime_image,
-                                     egress_network=options.egress_network,
-                                     host_ips=host_addresses(client)),
-                      events.add, out / "logs")
-    step_started: datetime | None = None
-    probes: tuple[ProbeResult, ...] = ()
-    facts: SandboxFacts | None = None
+    save = write_record(out / "run.json", record)
+    save()
+    host_ips = host_addresses(client)
+    states = {
+        s.spec.name: StepState(s, configs[s.spec.name], Sandbox(
+            client, run_id, configs[s.spec.name],
+            SandboxOptions(runtime_image=runtime_image, egress_network=options.egress_network,
+                           host_ips=host_ips),
+            events.add, out / "logs"), record["steps"][s.spec.name])
+        for s in pipeline.steps}
+    executor = Executor(states, out, events, masker, view, engine_info.version, save, alerter)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    error: SbxError | None = None
     try:
-        record["image"]["id"] = sandbox.image_digest()
-        view.phase(spec.name, "preparing the sandbox (network, gateway, agent)")
-        sandbox.prepare()
-        record["step"]["status"] = "probing"
-        view.phase(spec.name, "probing from inside the step's namespace")
-        probes = sandbox.probe()
-        record["probes"] = [_probe_dict(p) for p in probes]
-        leaks = [p for p in probes if not p.blocked]
-        if leaks:
-            raise SandboxFailure("fail closed: probes got through: " + "; ".join(
-                f"{p.name} {p.target} ({p.detail})" for p in leaks))
-        view.phase(spec.name, f"{len(probes)} probes blocked; running the step")
-        record["step"]["status"] = "running"
-        write_json(out / "run.json", record)
-        record["step_started"] = utcnow()
-        step_started = parse_time(record["step_started"])
-        view.armed = True
-        status, code = sandbox.run_step(out / "logs" / f"{spec.name}.log", masker.data)
-        record["step"].update(status=status, exit_code=code)
-        if status == "timeout":
-            record["step"]["reason"] = f"timed out after {config.limits.timeout:.0f} s"
-        record["outputs"] = [_output_dict(o) for o in
-                             sandbox.collect_outputs(out / "outputs" / spec.name)]
+        threads = executor.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.2)
     except _Interrupted as exc:
         record["interrupted"] = True
-        record["step"].update(status="interrupted", reason=f"interrupted by {exc}")
-    except SbxError as exc:
-        status = ("blocked" if isinstance(exc, SandboxFailure)
-                  else "failed" if exc.exit_code == EXIT_FAILED else "error")
-        record["step"].update(status=status, reason=masker.text(exc.diagnostics()))
-        error = exc
-    finally:
+        record["reason"] = f"interrupted by {exc}"
         # A second Ctrl-C must not stop the clean-up half-way.
         for s in previous:
             signal.signal(s, signal.SIG_IGN)
-        try:
-            if sandbox.network is not None:
-                facts = sandbox.facts(engine_info.version) if "step" in sandbox.containers \
-                    else None
-                record["docker"] = {"network": sandbox.network.id,
-                                    "egress_network": sandbox.egress_network,
-                                    "network_name": sandbox.network.name,
-                                    "subnet": sandbox.network.subnet,
-                                    "internal": facts.internal if facts else None,
-                                    "containers": dict(sandbox.containers)}
-        except Exception:  # facts are best effort once things went wrong
-            pass
-        sandbox.close()
+        executor.cancel()
+        for t in threads:
+            t.join(timeout=30)
+    finally:
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)
+        # Whatever a worker created while being cancelled goes too.
+        remove_by_label(client, {labels.RUN: run_id})
         events.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
-    record["faults"] = [masker.text(f) for f in sandbox.faults]
-    record["flows"] = events.flow_counts(step_started)
     record["ended"] = utcnow()
-    exit_code = _verdict(record, config.policy.mode)
-    view.phase(spec.name, f"signing evidence ({signer.kind})")
-    step_ev = StepEvidence(
-        name=spec.name, command=config.command,
-        materials=ev.workspace_materials(config.inputs),
-        products=tuple(Artifact(f"outputs/{spec.name}/{o['path']}", o["sha256"])
-                       for o in record["outputs"]),
-        logs=ev.log_artifacts(out, spec.name), status=record["step"]["status"],
-        exit_code=record["step"]["exit_code"], reason=record["step"]["reason"],
-        image=spec.image, image_id=record["image"]["id"], started=record["step_started"],
-        ended=record["ended"],
-        isolation=ev.isolation_of(
-            facts, policy=config.policy.to_dict(), probes=probes, flows=record["flows"],
-            reached=ev.destinations(events.events, spec.name, record["step_started"]),
-            events=events.digest(spec.name)) if facts is not None else None)
-    binding = RunBinding(run_id, digest.removeprefix("sha256:"),
-                         ev.git_commit(workspace, os.environ))
+    exit_code = _verdict(record)
+    view.phase(pipeline.name, f"signing evidence ({signer.kind})")
     signed = ev.sign_run(RunEvidence(
-        binding=binding, spec_path=path.name, steps=(step_ev,), sbx_version=sbx.__version__,
-        builder_id=ev.builder_id(os.environ), started=record["started"],
-        ended=record["ended"], interrupted=record["interrupted"],
+        binding=RunBinding(run_id, digest.removeprefix("sha256:"),
+                           ev.git_commit(workspace, os.environ)),
+        spec_path=path.name, steps=tuple(_evidence(st, out, events) for st in states.values()),
+        sbx_version=sbx.__version__, builder_id=ev.builder_id(os.environ),
+        started=record["started"], ended=record["ended"], interrupted=record["interrupted"],
         ci=ev.ci_context(os.environ)), signer, out)
     record["evidence"] = {"signer": signed.signer, "error": signed.error,
                           "files": [p.relative_to(out).as_posix() for p in signed.files]}
-    write_json(out / "run.json", record)
+    if alerter is not None:
+        stats = alerter.close()  # bounded: a dead webhook costs at most its close budget
+        record["alerts"] = {"sent": stats.sent, "failed": stats.failed,
+                            "dropped": stats.dropped, "last_error": stats.last_error}
+    save()
+    if options.junit is not None:
+        write_junit(record, events.events, options.junit)
+    if options.codequality is not None:
+        write_codequality(record, events.events, options.codequality, str(path))
     view.summary(record)
-    if error is not None and error.exit_code != EXIT_FAILED:
-        raise error  # an environment failure: exit 3 after the records are written
+    errors = [st.error for st in states.values()
+              if st.error is not None and st.error.exit_code not in (EXIT_FAILED,)]
+    if errors and not record["interrupted"]:
+        raise errors[0]  # an environment failure: exit 3 after the records are written
     if signed.error is not None:
         raise SigningError(f"{signed.error} (the Statements are kept unsigned in {out})")
     return RunResult(run_id=run_id, out_dir=out, exit_code=exit_code, record=record)
 
 
-def _verdict(record: dict[str, Any], mode: str) -> int:
-    step = record["step"]
+run_step_file = run_file
+
+
+def _evidence(st: StepState, out: Path, events: EventLog) -> StepEvidence:
+    rec = st.record
+    return StepEvidence(
+        name=st.name, command=st.config.command,
+        materials=ev.workspace_materials(st.config.inputs) + st.handed,
+        products=tuple(Artifact(f"outputs/{st.name}/{o['path']}", o["sha256"])
+                       for o in rec["outputs"]),
+        logs=ev.log_artifacts(out, st.name), status=rec["status"],
+        exit_code=rec["exit_code"], reason=rec["reason"], image=st.config.image,
+        image_id=rec["image"]["id"], started=rec["step_started"], ended=rec["ended"],
+        isolation=ev.isolation_of(
+            st.facts, policy=st.config.policy.to_dict(), probes=st.probes,
+            peer_probes=list(st.peer_probes), flows=rec["flows"],
+            reached=ev.destinations(events.events, st.name, rec["step_started"]),
+            events=events.digest(st.name)) if st.facts is not None else None)
+
+
+def _verdict(record: dict[str, Any]) -> int:
+    steps = record["steps"].values()
     if record["interrupted"]:
+        record["status"] = "interrupted"
         return EXIT_INTERRUPTED
-    if step["status"] != "succeeded":
+    bad = [s for s in steps if s["status"] != "succeeded"]
+    if bad:
+        record["status"] = "failed"
+        record["reason"] = "; ".join(f"{s['name']} {s['status']}" for s in bad)
         return EXIT_FAILED
-    if record["faults"]:
-        step["status"], step["reason"] = "failed", "; ".join(record["faults"])
-        return EXIT_FAILED
-    denied = record["flows"].get("denied", 0)
-    if denied and mode == "enforce":
-        step["reason"] = f"{denied} egress attempt(s) denied (enforce mode)"
-        return EXIT_FAILED
+    record["status"] = "succeeded"
     return EXIT_OK
-
-
-def _probe_dict(p: ProbeResult) -> dict[str, Any]:
-    return {"name": p.name, "kind": p.kind, "target": p.target, "blocked": p.blocked,
-            "detail": p.detail}
-
-
-def _output_dict(o: OutputFile) -> dict[str, Any]:
-    return {"path": o.path, "sha256": o.sha256, "size": o.size}

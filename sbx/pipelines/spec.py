@@ -401,6 +401,10 @@ def _reason(root: type[BaseModel], error: ErrorDetails) -> str:
         }
         hint = hints.get(str(last), "fix the value")
         return f"{value!r} is not valid; {hint}"
+    if kind in ("too_short", "too_long"):
+        bound = ctx.get("min_length") if kind == "too_short" else ctx.get("max_length")
+        word = "at least" if kind == "too_short" else "at most"
+        return f"needs {word} {bound} entr{'y' if bound == 1 else 'ies'}; fix the list"
     if kind == "literal_error":
         return f"{value!r} is not allowed; write {ctx.get('expected', 'a valid value')}"
     if kind == "enum":
@@ -431,8 +435,10 @@ def _short(value: Any) -> str:
 
 
 def _error_loc(error: ErrorDetails) -> FieldPath:
-    # Dict-key errors end with the marker '[key]'; the key itself is the field.
-    return tuple(p for p in error["loc"] if p != "[key]")
+    # Dict-key errors end with the marker '[key]'; the key itself is the field. Union
+    # branches show up as '<tag>' parts, which are not fields either.
+    return tuple(p for p in error["loc"]
+                 if p != "[key]" and not (isinstance(p, str) and p.startswith("<")))
 
 
 def to_spec_error(loaded: LoadedDoc, root: type[BaseModel], exc: ValidationError) -> SpecError:

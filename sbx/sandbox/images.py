@@ -79,7 +79,8 @@ STEP_REPO = "sbx-step"
 STEP_IMAGE = f"{STEP_REPO}:{SUITE}"
 
 RUNTIME_PACKAGES: tuple[str, ...] = ("python3", "python3-dnslib", "iptables", "iproute2")
-STEP_PACKAGES: tuple[str, ...] = ("python3", "git", "curl", "ca-certificates", "openssl")
+STEP_PACKAGES: tuple[str, ...] = ("python3", "python3-pip", "python3-setuptools", "python3-wheel",
+                                  "git", "curl", "ca-certificates", "openssl")
 
 # Part of every base recipe hash: changing how the root filesystem is made changes the tag.
 _MMDEBSTRAP_OPTIONS: tuple[str, ...] = (

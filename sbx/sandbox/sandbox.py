@@ -12,7 +12,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -214,12 +214,17 @@ class Sandbox:
         self.on_event(event)
 
     # -- probes ----------------------------------------------------------------------------
-    def probe(self) -> tuple[ProbeResult, ...]:
-        """Run the fail-closed probes from inside the step's namespace."""
+    def probe(self, peer_ips: Sequence[str] = ()) -> tuple[ProbeResult, ...]:
+        """Run the fail-closed probes from inside the step's namespace.
+
+        `peer_ips` are other live steps' gateway and agent addresses: reaching one
+        would mean two steps could talk.
+        """
         net = self._need_network()
         egress_ips = [ip for ip in self._egress_side_ips() if ip]
         cfg = {"timeout": self.options.probe_timeout, "egress_ips": egress_ips,
-               "host_ips": [net.bridge_ip], "peer_ips": list(self.options.peer_ips),
+               "host_ips": [net.bridge_ip],
+               "peer_ips": [*self.options.peer_ips, *peer_ips], "peer_proxy_port": PROXY_PORT,
                "ipv6_ips": _global_v6(self.options.host_ips)[:1] or ["fd00:5b::1"],
                "proxy": f"{net.gateway_ip}:{PROXY_PORT}"}
         cid = self._create(

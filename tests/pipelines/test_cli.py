@@ -11,6 +11,7 @@ import pytest
 
 from sbx.errors import EXIT_ENVIRONMENT, EXIT_INPUT, EXIT_OK
 from sbx.pipelines.cli import main
+from tests.conftest import only_step
 
 BAD = sorted((Path(__file__).parents[1] / "data" / "bad_steps").glob("*.yaml"))
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -78,10 +79,11 @@ def test_example_runs(step: Path, tmp_path: Path, sbx_images: tuple[str, str]) -
     out = tmp_path / "run"
     assert main(["run", str(step), "--out", str(out), "--quiet"]) == EXIT_OK
     record = json.loads((out / "run.json").read_text())
-    assert record["step"]["status"] == "succeeded"
-    assert all(p["blocked"] for p in record["probes"]) and record["probes"]
-    for output in record["outputs"]:
-        assert (out / "outputs" / record["step"]["name"] / output["path"]).is_file()
+    step = only_step(record)
+    assert step["status"] == "succeeded"
+    assert all(p["blocked"] for p in step["probes"]) and step["probes"]
+    for output in step["outputs"]:
+        assert (out / "outputs" / step["name"] / output["path"]).is_file()
 
 
 @pytest.mark.docker
@@ -94,4 +96,4 @@ def test_missing_step_image_is_exit_3_with_one_line_and_records(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sbx-test-no-such-image:1" in err and "Traceback" not in err
     record = json.loads((out / "run.json").read_text())
-    assert record["step"]["status"] == "error" and record["ended"]
+    assert only_step(record)["status"] == "error" and record["ended"]

@@ -16,7 +16,7 @@ import docker
 import pytest
 import yaml
 
-from tests.conftest import Internet
+from tests.conftest import Internet, only_step
 
 pytestmark = pytest.mark.docker
 
@@ -69,8 +69,8 @@ curl -sS --max-time 5 http://web.sbx.test:8080/after > out/after.json 2> out/aft
     assert not any(h["path"] == "/after" for h in internet.web.hits(run.started))
     record = run.result.record
     assert run.result.exit_code == 1
-    assert record["step"]["status"] == "failed"
-    assert any("gateway exited during the step" in f for f in record["faults"])
+    assert only_step(record)["status"] == "failed"
+    assert any("gateway exited during the step" in f for f in only_step(record)["faults"])
     assert any(e.get("kind") == "gateway" and e.get("phase") == "crashed" for e in run.events)
 
 
@@ -108,7 +108,7 @@ def test_interrupt_removes_every_object_and_records_the_interruption(
     record = json.loads((out / "run.json").read_text())
     assert record["run_id"] == run_id
     assert record["interrupted"] is True
-    assert record["step"]["status"] == "interrupted"
+    assert only_step(record)["status"] == "interrupted"
     assert record["ended"]
     assert _run_objects(docker_client, run_id) == []
     assert (out / "events.jsonl").read_text().strip()  # what it saw is kept

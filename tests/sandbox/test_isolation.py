@@ -50,7 +50,7 @@ https_proxy=$SBX_PROXY curl -fsS --cacert ca.pem https://web.sbx.test:8443/proxi
 """
     run = run_step(_step("fetch", script, ["web.sbx.test:8080", "web.sbx.test:8443"]),
                    {"ca.pem": internet.ca_pem})
-    assert run.result.exit_code == 0, run.result.record["step"]
+    assert run.result.exit_code == 0, run.step
     for name, path in (("http", "/plain"), ("https", "/tls"), ("http-proxy", "/proxied"),
                        ("https-proxy", "/proxied-tls")):
         body = json.loads(run.output(f"out/{name}.json").splitlines()[0])
@@ -68,7 +68,7 @@ https_proxy=$SBX_PROXY curl -fsS --cacert ca.pem https://web.sbx.test:8443/proxi
     assert all(e["connected_ip"] == internet.web.ip for e in allowed)
     closes = [e for e in run.step_events() if e.get("phase") == "close"]
     assert closes and all(e["bytes_in"] > 0 for e in closes)
-    assert run.result.record["flows"]["denied"] == 0
+    assert run.step["flows"]["denied"] == 0
 
 
 def _attack_config(internet: Internet, attacks: list[list[Any]]) -> bytes:
@@ -115,7 +115,7 @@ def test_denied_server_is_unreachable_every_way_and_each_attempt_is_recorded(
             assert result["blocked"], f"{name} got through: {result['detail']}"
     assert other.hits(run.started) == [], "a denied flow reached the other host"
     # Enforce mode: the command succeeded, the run did not.
-    assert run.result.record["step"]["exit_code"] == 0
+    assert run.step["exit_code"] == 0
     assert run.result.exit_code == 1
     bridge = report["bridge"]
     assert _denied(run, kind="dns", name=other.name)
@@ -146,7 +146,7 @@ curl -fsS --resolve web.sbx.test:8080:{internet.other.ip} \
 """
     run = run_step(_step("pinned", script, ["web.sbx.test:8443", "web.sbx.test:8080"]),
                    {"ca.pem": internet.ca_pem})
-    assert run.result.exit_code == 0, run.result.record["step"]
+    assert run.result.exit_code == 0, run.step
     assert json.loads(run.output("out/pinned.json").splitlines()[0])["server"] == "web"
     assert json.loads(run.output("out/pinned-http.json").splitlines()[0])["server"] == "web"
     assert internet.other.hits(run.started) == []
@@ -191,7 +191,7 @@ ls -la /var/run/docker.sock /run/docker.sock > out/socket 2>&1 || true
 id -u > out/uid
 """
     run = run_step(_step("privs", script, [], user="0:0"))
-    assert run.result.exit_code == 0, run.result.record["step"]
+    assert run.result.exit_code == 0, run.step
     caps = dict(line.split(":") for line in run.output("out/caps").splitlines())
     assert all(int(v.strip(), 16) == 0 for v in caps.values()), caps
     checks = run.output("out/checks")
@@ -231,7 +231,7 @@ curl -fsS http://{other.name}:8080/by-name > out/name.json
 curl -fsS http://{other.ip}:8080/by-ip > out/ip.json
 """
     run = run_step(_step("audit", script, ["web.sbx.test:8080"], mode="audit"))
-    assert run.result.exit_code == 0, run.result.record["step"]
+    assert run.result.exit_code == 0, run.step
     assert json.loads(run.output("out/name.json").splitlines()[0])["server"] == "other"
     assert json.loads(run.output("out/ip.json").splitlines()[0])["server"] == "other"
     audit = [e for e in run.step_events() if e.get("verdict") == "audit"]
@@ -240,7 +240,7 @@ curl -fsS http://{other.ip}:8080/by-ip > out/ip.json
     assert any((e["kind"] == "tcp" and e.get("dst_ip") == other.ip and not e.get("name"))
                or e.get("name") == other.ip for e in audit)
     assert all(e["violation"] for e in audit)
-    assert run.result.record["flows"]["audit"] >= 3
+    assert run.step["flows"]["audit"] >= 3
     # Internal addresses stay closed in audit mode: that is sandbox integrity, not policy.
     assert {h["path"] for h in other.hits(run.started)} == {"/by-name", "/by-ip"}
 
@@ -272,12 +272,12 @@ def test_timeout_kills_the_step_and_still_copies_outputs(run_step: Any) -> None:
     spec["resources"] = {"timeout": 2}
     run = run_step(spec)
     assert run.result.exit_code == 1
-    assert run.result.record["step"]["status"] == "timeout"
+    assert run.step["status"] == "timeout"
     assert run.output("out/partial").strip() == "partial"
 
 
 def test_symlinked_output_is_refused(run_step: Any) -> None:
     run = run_step(_step("links", "mkdir -p out && ln -s /etc/shadow out/loot", []))
     assert run.result.exit_code == 1
-    assert "link" in run.result.record["step"]["reason"]
+    assert "link" in run.step["reason"]
     assert not (run.out / "outputs" / "links" / "out" / "loot").exists()

@@ -138,8 +138,13 @@ class _Run:
                                                           LinkPredicate) else None
 
     def sandboxes(self) -> list[tuple[str, Sandbox | None]]:
+        """Each step's sandbox; steps skipped before their command ran are left out:
+        nothing ran in them, so there is nothing to have isolated."""
         out: list[tuple[str, Sandbox | None]] = []
         for step in sorted(self.isolations):
+            link = self.link(step)
+            if link is not None and link.byproducts.status == "skipped":
+                continue
             for o in self.isolations[step]:
                 assert isinstance(o.predicate, IsolationPredicate)
                 out.append((step, o.predicate.sandbox))

@@ -126,7 +126,11 @@ def plan(cfg: dict[str, Any]) -> list[Callable[[], Result]]:
                    partial(icmp, "host-bridge-icmp", ip, t),
                    partial(udp, "host-bridge-udp", ip, 33434, t)]
     for ip in cfg.get("peer_ips", []):
+        # Another live step's gateway and agent: its proxy, its DNS, any web port.
         probes += [partial(tcp, "peer-step", ip, 80, t, relayed=True),
+                   partial(tcp, "peer-step-proxy", ip, int(cfg.get("peer_proxy_port", 3128)), t,
+                           relayed=True),
+                   partial(udp, "peer-step-dns", ip, 53, t),
                    partial(icmp, "peer-step-icmp", ip, t)]
     for ip in cfg.get("ipv6_ips", []):
         probes += [partial(tcp, "ipv6", ip, 80, t, relayed=False),

@@ -1,0 +1,314 @@
+"""Running the steps of a run: one worker thread per step, each in its own sandbox.
+
+Every sandbox is prepared at once, so later steps' networks, gateways and agents
+come up while earlier steps run. Once all are up, each step probes from inside
+its own namespace, including every other live step's addresses (peer probes),
+then waits for the steps it needs. A step whose need did not succeed is skipped.
+Hand-offs come from the run's content-addressed store, re-hashed on the way in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sbx.attest.model import Artifact
+from sbx.errors import EXIT_FAILED, SbxError
+from sbx.pipelines.alerts import WebhookAlerter
+from sbx.pipelines.pipeline_spec import PlannedStep
+from sbx.pipelines.records import EventLog, Masker, parse_time, write_json
+from sbx.pipelines.view import LiveView
+from sbx.sandbox.archive import OutputFile
+from sbx.sandbox.config import ProbeResult, SandboxFacts, StepConfig
+from sbx.sandbox.sandbox import Sandbox, SandboxFailure, utcnow
+
+STORE = "store/sha256"
+FLOW_VERDICTS = ("allowed", "audit", "denied", "failed")
+FINAL = frozenset({"succeeded", "failed", "timeout", "blocked", "skipped", "error"})
+
+
+def step_record(step: PlannedStep, config: StepConfig) -> dict[str, Any]:
+    """A step's entry in run.json before it starts."""
+    return {
+        "name": config.name, "needs": list(step.needs), "status": "pending",
+        "exit_code": None, "reason": None, "started": None, "step_started": None,
+        "ended": None, "image": {"ref": config.image, "id": None},
+        "policy": {"mode": config.policy.mode, "digest": config.policy.digest(),
+                   "allow": [r.text for r in config.policy.rules]},
+        "docker": {}, "probes": [], "peer_probes": [], "inputs": [], "outputs": [],
+        "flows": {}, "faults": [],
+    }
+
+
+@dataclass
+class StepState:
+    """One step while the run goes: its sandbox, what it saw, whether it succeeded."""
+
+    plan: PlannedStep
+    config: StepConfig
+    sandbox: Sandbox
+    record: dict[str, Any]
+    prepared: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False
+    probes: tuple[ProbeResult, ...] = ()
+    peer_probes: tuple[ProbeResult, ...] = ()
+    facts: SandboxFacts | None = None
+    step_started: datetime | None = None
+    handed: tuple[Artifact, ...] = ()
+    error: SbxError | None = None
+
+    @property
+    def name(self) -> str:
+        """The step's name."""
+        return self.config.name
+
+
+@dataclass
+class Executor:
+    """Runs every step of a run; `cancel()` from another thread stops them all."""
+
+    steps: dict[str, StepState]
+    out: Path
+    events: EventLog
+    masker: Masker
+    view: LiveView
+    engine_version: str
+    save: Callable[[], None]
+    alerter: WebhookAlerter | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self) -> list[threading.Thread]:
+        """One worker per step, started at once."""
+        threads = [threading.Thread(target=self._work, args=(st,), name=f"sbx-{st.name}",
+                                    daemon=True) for st in self.steps.values()]
+        for t in threads:
+            t.start()
+        return threads
+
+    def cancel(self) -> None:
+        """Stop every step: removing the sandboxes ends whatever each worker waits on."""
+        self.cancelled.set()
+        for st in self.steps.values():
+            st.prepared.set()
+            st.done.set()
+        for st in self.steps.values():
+            try:
+                st.sandbox.close()
+            except Exception:  # clean-up of a half-built sandbox is best effort here
+                pass
+
+    # -- one step ----------------------------------------------------------------------
+    def _set(self, st: StepState, **fields: Any) -> None:
+        with self._lock:
+            st.record.update(fields)
+            self.save()
+
+    def _work(self, st: StepState) -> None:
+        try:
+            self._prepare(st)
+            self._probe(st)
+            if self._wait_for_needs(st):
+                self._run(st)
+        except SbxError as exc:
+            if not self.cancelled.is_set():
+                status = ("blocked" if isinstance(exc, SandboxFailure)
+                          else "failed" if exc.exit_code == EXIT_FAILED else "error")
+                st.error = exc
+                self._set(st, status=status, reason=self.masker.text(exc.diagnostics()))
+        except Exception as exc:  # a Docker call failing under a cancelled run lands here
+            if not self.cancelled.is_set():
+                st.error = SandboxFailure(f"{type(exc).__name__}: {exc}")
+                self._set(st, status="error", reason=self.masker.text(str(exc)))
+        finally:
+            st.prepared.set()
+            if self.cancelled.is_set() and st.record["status"] not in FINAL:
+                self._set(st, status="interrupted", reason="interrupted")
+            self._finish(st)
+
+    def _prepare(self, st: StepState) -> None:
+        self._set(st, status="preparing", started=utcnow())
+        st.record["image"]["id"] = st.sandbox.image_digest()
+        self.view.phase(st.name, "preparing the sandbox (network, gateway, agent)")
+        try:
+            st.sandbox.prepare()
+        finally:
+            st.prepared.set()
+
+    def _peer_ips(self, st: StepState) -> list[str]:
+        peers = []
+        for other in self.steps.values():
+            if other is st:
+                continue
+            other.prepared.wait()
+            net = other.sandbox.network
+            if net is not None and not other.done.is_set():
+                peers += [net.gateway_ip, net.agent_ip]
+        return peers
+
+    def _probe(self, st: StepState) -> None:
+        peers = self._peer_ips(st)
+        if self.cancelled.is_set():
+            raise SandboxFailure("cancelled")
+        self._set(st, status="probing")
+        if self.alerter is not None:
+            self.alerter.step_probing(st.name)  # the probes' own denials are expected
+        self.view.phase(st.name, "probing from inside the step's namespace"
+                        + (f" and at {len(peers) // 2} other step(s)" if peers else ""))
+        results = st.sandbox.probe(peers)
+        st.probes = tuple(p for p in results if not p.name.startswith("peer-"))
+        st.peer_probes = tuple(p for p in results if p.name.startswith("peer-"))
+        with self._lock:
+            st.record["probes"] = [_probe_dict(p) for p in st.probes]
+            st.record["peer_probes"] = [_probe_dict(p) for p in st.peer_probes]
+        leaks = [p for p in results if not p.blocked]
+        if leaks:
+            raise SandboxFailure("fail closed: probes got through: " + "; ".join(
+                f"{p.name} {p.target} ({p.detail})" for p in leaks))
+        self.view.phase(st.name, f"{len(results)} probes blocked")
+
+    def _wait_for_needs(self, st: StepState) -> bool:
+        if st.plan.needs:
+            self._set(st, status="waiting")
+            self.view.phase(st.name, f"waiting for {', '.join(st.plan.needs)}")
+        for need in st.plan.needs:
+            self.steps[need].done.wait()
+        if self.cancelled.is_set():
+            return False
+        failed = [n for n in st.plan.needs if not self.steps[n].ok]
+        if failed:
+            self._set(st, status="skipped",
+                      reason=f"not run: {', '.join(failed)} did not succeed")
+            return False
+        return True
+
+    def _run(self, st: StepState) -> None:
+        staged, handed = self._hand_off(st)
+        st.handed = handed
+        st.sandbox.step = replace(st.config, inputs=st.config.inputs + staged)
+        self._set(st, status="running", step_started=utcnow(),
+                  inputs=_input_dicts(st.config, handed))
+        st.step_started = parse_time(st.record["step_started"])
+        self.view.arm(st.name)
+        if self.alerter is not None:
+            self.alerter.arm(st.name)
+        self.view.phase(st.name, "running")
+        status, code = st.sandbox.run_step(self.out / "logs" / f"{st.name}.log",
+                                           self.masker.data)
+        reason = f"timed out after {st.config.limits.timeout:.0f} s" \
+            if status == "timeout" else None
+        if status == "succeeded" and code != 0:
+            status, reason = "failed", f"exited {code}"
+        self._set(st, status=status, exit_code=code, reason=reason)
+        outputs = st.sandbox.collect_outputs(self.out / "outputs" / st.name)
+        self._store(outputs, self.out / "outputs" / st.name)
+        self._set(st, outputs=[_output_dict(o) for o in outputs])
+
+    def _finish(self, st: StepState) -> None:
+        """Facts, clean-up, flows and the verdict, then release the dependants."""
+        sandbox = st.sandbox
+        try:
+            if sandbox.network is not None and "step" in sandbox.containers:
+                st.facts = sandbox.facts(self.engine_version)
+        except Exception:  # facts are best effort once things went wrong
+            pass
+        net = sandbox.network
+        if net is not None:
+            st.record["docker"] = {
+                "network": net.id, "egress_network": sandbox.egress_network,
+                "network_name": net.name, "subnet": net.subnet,
+                "internal": st.facts.internal if st.facts else None,
+                "containers": dict(sandbox.containers)}
+        sandbox.close()
+        rec = st.record
+        rec["faults"] = [self.masker.text(f) for f in sandbox.faults]
+        # A step that never ran its command has no traffic of its own, only its probes'.
+        rec["flows"] = (self.events.flow_counts(st.step_started, st.name)
+                        if st.step_started else dict.fromkeys(FLOW_VERDICTS, 0))
+        rec["ended"] = utcnow()
+        if rec["status"] == "succeeded":
+            denied = rec["flows"].get("denied", 0)
+            if rec["faults"]:
+                rec.update(status="failed", reason="; ".join(rec["faults"]))
+            elif denied and st.config.policy.mode == "enforce":
+                rec.update(status="failed",
+                           reason=f"{denied} egress attempt(s) denied (enforce mode)")
+        st.ok = rec["status"] == "succeeded" and not self.cancelled.is_set()
+        with self._lock:
+            self.save()
+        self.view.phase(st.name, rec["status"] + (f": {rec['reason']}" if rec["reason"] else ""))
+        st.done.set()
+
+    # -- the artifact store ------------------------------------------------------------
+    def _store(self, outputs: Sequence[OutputFile], root: Path) -> None:
+        """Copy each output into store/sha256/<hex>, the only source of hand-offs."""
+        store = self.out / STORE
+        store.mkdir(parents=True, exist_ok=True)
+        for o in outputs:
+            dest = store / o.sha256
+            if not dest.exists():
+                tmp = dest.with_name(dest.name + f".{threading.get_ident()}.tmp")
+                shutil.copyfile(root / o.path, tmp)
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, dest)
+
+    def _hand_off(self, st: StepState) -> tuple[tuple[tuple[Path, str], ...],
+                                                  tuple[Artifact, ...]]:
+        """The producers' outputs this step takes, by digest, verified on the way in."""
+        staged: list[tuple[Path, str]] = []
+        handed: list[Artifact] = []
+        for item in st.plan.handoffs:
+            producer = self.steps[item.from_]
+            want = item.path.rstrip("/")
+            chosen = [o for o in producer.record["outputs"]
+                      if o["path"] == want or o["path"].startswith(want + "/")]
+            if not chosen:
+                raise SandboxFailure(f"input {item.path} from {item.from_}: {item.from_} "
+                                     "produced no such file")
+            for o in chosen:
+                blob = self.out / STORE / o["sha256"]
+                if _sha256(blob) != o["sha256"]:
+                    raise SandboxFailure(f"input {o['path']} from {item.from_}: the stored "
+                                         "copy no longer matches its digest; refusing it")
+                staged.append((blob, o["path"]))
+                handed.append(Artifact(f"outputs/{item.from_}/{o['path']}", o["sha256"],
+                                       item.from_))
+        return tuple(staged), tuple(handed)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _input_dicts(config: StepConfig, handed: Sequence[Artifact]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = [{"path": rel, "sha256": _sha256(p), "from": "workspace"}
+             for p, rel in config.inputs if p.is_file() and not p.is_symlink()]
+    found += [{"path": a.name.split("/", 2)[2], "sha256": a.sha256, "from": a.source}
+              for a in handed]
+    return found
+
+
+def _probe_dict(p: ProbeResult) -> dict[str, Any]:
+    return {"name": p.name, "kind": p.kind, "target": p.target, "blocked": p.blocked,
+            "detail": p.detail}
+
+
+def _output_dict(o: OutputFile) -> dict[str, Any]:
+    return {"path": o.path, "sha256": o.sha256, "size": o.size}
+
+
+def write_record(path: Path, record: dict[str, Any]) -> Callable[[], None]:
+    """A saver that rewrites run.json atomically."""
+    return lambda: write_json(path, record)

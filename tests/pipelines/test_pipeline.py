@@ -1,0 +1,192 @@
+"""Pipelines on the real engine: parallel steps, hand-off by digest, steps that cannot
+reach each other, failures that stop dependants, and evidence that verifies."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import yaml
+
+from sbx.attest.signing.local import KeyPair, load_public_key
+from sbx.attest.verify.policy import DEFAULT_POLICY
+from sbx.attest.verify.trust import KeyTrust
+from sbx.attest.verify.verifier import verify_run
+from sbx.errors import EXIT_FAILED, EXIT_OK
+from sbx.pipelines.cli import main
+from sbx.pipelines.records import parse_time
+from tests.conftest import Internet
+
+pytestmark = pytest.mark.docker
+IMAGE = "sbx-step:bookworm"
+
+
+def _run(tmp_path: Path, internet: Internet, steps: dict[str, Any],
+         files: dict[str, str] | None = None) -> tuple[int, dict[str, Any], Path]:
+    ws = tmp_path / "ws"
+    ws.mkdir(exist_ok=True)
+    for name, text in (files or {}).items():
+        (ws / name).write_text(text)
+    (ws / "pipeline.yaml").write_text(yaml.safe_dump({"name": "p", "steps": steps}))
+    out = tmp_path / "run"
+    code = main(["run", str(ws / "pipeline.yaml"), "--out", str(out), "--quiet",
+                 "--egress-network", internet.network])
+    return code, json.loads((out / "run.json").read_text()), out
+
+
+def _verify(out: Path, key: KeyPair) -> dict[str, str]:
+    report = verify_run(out, KeyTrust([load_public_key(key.public)]), DEFAULT_POLICY)
+    return {r.check.value: r.reason for r in report.failed()}
+
+
+def test_three_steps_with_a_parallel_pair_hand_off_by_digest_and_verify(
+        tmp_path: Path, internet: Internet, signing_key: KeyPair,
+        docker_client: docker.DockerClient) -> None:
+    steps = {
+        "build": {"image": IMAGE, "inputs": ["app.py"], "outputs": ["dist/"],
+                  "run": "mkdir -p dist && cp app.py dist/app.py && echo 1.0 > dist/VERSION"},
+        "test": {"image": IMAGE, "inputs": [{"from": "build", "path": "dist/"}],
+                 "run": "sleep 3 && python3 dist/app.py > report.txt", "outputs": ["report.txt"]},
+        "lint": {"image": IMAGE, "inputs": [{"from": "build", "path": "dist/app.py"}],
+                 "run": "sleep 3 && python3 -m py_compile dist/app.py && ls dist > seen.txt",
+                 "outputs": ["seen.txt"]},
+    }
+    code, record, out = _run(tmp_path, internet, steps, {"app.py": "print('ok')\n"})
+    assert code == EXIT_OK, record["reason"]
+    s = record["steps"]
+    assert [s[n]["status"] for n in ("build", "test", "lint")] == ["succeeded"] * 3
+    assert record["order"] == ["build", "test", "lint"]
+
+    # test and lint ran side by side.
+    t0, t1 = (parse_time(s["test"][k]) for k in ("step_started", "ended"))
+    l0, l1 = (parse_time(s["lint"][k]) for k in ("step_started", "ended"))
+    assert t0 < l1 and l0 < t1, "the parallel pair did not overlap"
+
+    # Hand-off by digest: exactly the producer's bytes, from the content-addressed store.
+    produced = {o["path"]: o["sha256"] for o in s["build"]["outputs"]}
+    taken = {i["path"]: i["sha256"] for i in s["test"]["inputs"] if i["from"] == "build"}
+    assert taken == produced
+    assert [i["path"] for i in s["lint"]["inputs"]] == ["dist/app.py"]  # only what it asked
+    assert (out / "outputs/lint/seen.txt").read_text() == "app.py\n"
+    for digest in produced.values():
+        assert (out / "store/sha256" / digest).is_file()
+
+    # Every step had its own network; each probed the others and was blocked.
+    networks = {s[n]["docker"]["network"] for n in s}
+    subnets = {s[n]["docker"]["subnet"] for n in s}
+    assert len(networks) == 3 and len(subnets) == 3
+    for name in s:
+        peers = s[name]["peer_probes"]
+        assert peers and all(p["blocked"] for p in peers), (name, peers)
+        targets = {p["target"].split(":")[0] for p in peers}
+        others = {str(n) for n in s if n != name}
+        assert len(targets) == 2 * len(others)
+    assert not docker_client.api.containers(all=True, filters={
+        "label": f"sbx.run={record['run_id']}"})
+
+    assert _verify(out, signing_key) == {}
+
+
+def test_a_step_cannot_reach_its_sibling_by_address_or_name(
+        tmp_path: Path, internet: Internet, docker_client: docker.DockerClient) -> None:
+    attack = r"""
+import json, socket
+addrs = open("sibling.txt").read().split()
+results = {}
+for ip in addrs:
+    for port in (80, 3128, 15001, 15353):
+        try:
+            with socket.create_connection((ip, port), timeout=2) as s:
+                s.sendall(b"GET / HTTP/1.0\r\nHost: victim\r\n\r\n")
+                data = s.recv(64)
+            results[f"{ip}:{port}"] = "reached" if data else "silent"
+        except OSError as exc:
+            results[f"{ip}:{port}"] = f"blocked: {exc}"
+for name in ("victim", "sbx-victim", "victim.sbx.test"):
+    try:
+        results[name] = "resolved " + socket.gethostbyname(name)
+    except OSError as exc:
+        results[name] = f"blocked: {exc}"
+import os
+os.makedirs("out", exist_ok=True)
+json.dump(results, open("out/result.json", "w"))
+"""
+    steps = {
+        "victim": {"image": IMAGE, "run": "python3 -m http.server 80 & sleep 20"},
+        "gate": {"image": IMAGE, "run": "sleep 6"},
+        "attacker": {"image": IMAGE, "needs": ["gate"], "inputs": ["sibling.txt", "attack.py"],
+                     "run": "python3 attack.py", "outputs": ["out/"]},
+    }
+    ws = tmp_path / "ws"
+    found: list[str] = []
+
+    def learn_victim_addresses() -> None:
+        # The test, not the attacker, learns where the victim lives: sbx gives a step
+        # no way to know, and a real attacker could guess. The gate step holds the
+        # attacker back until the file is written.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not found:
+            for c in docker_client.api.containers(filters={"label": ["sbx.step=victim"]}):
+                if c["Labels"].get("sbx.role") in ("agent", "gateway"):
+                    for net in c["NetworkSettings"]["Networks"].values():
+                        if net.get("IPAddress", "").startswith("10.222."):
+                            found.append(net["IPAddress"])
+            if len(found) < 2:
+                found.clear()
+                time.sleep(0.2)
+        (ws / "sibling.txt").write_text("\n".join(found) + "\n")
+
+    ws.mkdir()
+    (ws / "sibling.txt").write_text("\n")
+    (ws / "attack.py").write_text(attack)
+    spy = threading.Thread(target=learn_victim_addresses, daemon=True)
+    spy.start()
+    code, record, out = _run(tmp_path, internet, steps)
+    spy.join(timeout=5)
+    assert len(found) == 2, "the test could not learn the victim's addresses"
+    s = record["steps"]
+    assert s["victim"]["status"] == "succeeded" and s["attacker"]["exit_code"] == 0
+    results = json.loads((out / "outputs/attacker/out/result.json").read_text())
+    assert all(v.startswith("blocked") for v in results.values()), results
+    assert {k.split(":")[0] for k in results if ":" in k} == set(found)
+
+    # Each attempt is on record as a denied event of the attacker.
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    begin = parse_time(s["attacker"]["step_started"])
+    denied = [e for e in events if e.get("step") == "attacker" and e.get("verdict") == "denied"
+              and parse_time(e["time"]) >= begin]
+    assert {e.get("dst_ip") for e in denied} >= set(found)
+    assert {"victim", "sbx-victim"} <= {e.get("name") for e in denied if e["kind"] == "dns"}
+    # In enforce mode the attempts fail the attacker's step and the run.
+    assert s["attacker"]["status"] == "failed" and code == EXIT_FAILED
+    assert s["attacker"]["flows"]["denied"] >= len(found)
+
+
+def test_a_failed_step_stops_its_dependants_and_the_run_says_which(
+        tmp_path: Path, internet: Internet, signing_key: KeyPair) -> None:
+    steps = {
+        "compile": {"image": IMAGE, "run": "echo broken >&2; exit 2", "outputs": ["dist/"]},
+        "test": {"image": IMAGE, "inputs": [{"from": "compile", "path": "dist/"}],
+                 "run": "touch ran"},
+        "publish": {"image": IMAGE, "needs": ["test"], "run": "touch ran"},
+        "docs": {"image": IMAGE, "run": "mkdir -p site && echo docs > site/index.html",
+                 "outputs": ["site/"]},
+    }
+    code, record, out = _run(tmp_path, internet, steps)
+    s = record["steps"]
+    assert code == EXIT_FAILED
+    assert s["compile"]["status"] == "failed" and s["compile"]["exit_code"] == 2
+    assert s["test"]["status"] == "skipped" and "compile did not succeed" in s["test"]["reason"]
+    assert s["publish"]["status"] == "skipped" and "test did not succeed" in s["publish"]["reason"]
+    assert s["docs"]["status"] == "succeeded"
+    assert s["test"]["step_started"] is None and s["test"]["exit_code"] is None
+    assert "compile failed" in record["reason"] and "test skipped" in record["reason"]
+    # The failure is in the signed evidence, and the evidence is intact.
+    failed = _verify(out, signing_key)
+    assert set(failed) == {"steps-succeeded"}
+    assert "compile failed (exit 2)" in failed["steps-succeeded"]

@@ -7,7 +7,7 @@ STAMPS := .sbx/stamps
 # on a throw-away machine, so allow it there. Inside a venv this stays empty.
 PIP_FLAGS := $(shell $(PYTHON) -c 'import os, sys, sysconfig; print("--break-system-packages" if sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else "")' 2>/dev/null)
 
-.PHONY: dev lint images test demo bench clean
+.PHONY: dev lint images test demo demo-pipeline bench clean
 
 # Install sbx in editable mode with the dev tools.
 dev:
@@ -32,6 +32,10 @@ test: $(STAMPS)/dev images
 
 demo: $(STAMPS)/dev images
 	$(PYTHON) -m sbx run examples/hello/step.yaml
+
+# The realistic pipeline: starts its own package mirror, runs, removes the mirror.
+demo-pipeline: $(STAMPS)/dev images
+	$(PYTHON) examples/wheel/mirror.py
 
 bench: $(STAMPS)/dev images
 	@if [ -f bench/run.py ]; then $(PYTHON) bench/run.py --quick; \

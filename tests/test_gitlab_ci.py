@@ -33,8 +33,8 @@ CI_FILE = ROOT / ".gitlab-ci.yml"
 
 # Sub-commands and flags that are being added to sbx right now and are already used in
 # .gitlab-ci.yml. Remove each entry once it exists in sbx.pipelines.cli's parser.
-PENDING_SUBCOMMANDS = frozenset({"report"})
-PENDING_FLAGS = frozenset({"--junit", "--codequality"})
+PENDING_SUBCOMMANDS: frozenset[str] = frozenset()
+PENDING_FLAGS: frozenset[str] = frozenset()
 
 # Top-level keys that are GitLab keywords, not jobs.
 GLOBAL_KEYWORDS = frozenset({

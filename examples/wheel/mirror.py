@@ -5,6 +5,8 @@
 starts the mirror (a container on its own Docker network answering as
 mirror.sbx.example:8080), runs `sbx run examples/wheel/pipeline.yaml` with that
 network as the way out, and removes the mirror again, whatever happened.
+`mirror.py start` starts it and prints the network to pass as --egress-network
+(or SBX_EGRESS_NETWORK); `mirror.py stop` removes it (so does `sbx gc`).
 
 The mirror's network is in 198.19.0.0/16 (the benchmarking range) because sbx's
 gateway refuses private and loopback destinations even for an allowed name: the
@@ -75,11 +77,13 @@ def _tar(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-@contextmanager
-def running_mirror(client: docker.DockerClient) -> Iterator[Mirror]:
-    """Start the mirror; remove its container and network on exit."""
+ROLE = "example-mirror"
+
+
+def start_mirror(client: docker.DockerClient) -> Mirror:
+    """Start the mirror and leave it running; `stop_mirrors` removes it."""
     run_id = "example-wheel-" + secrets.token_hex(4)
-    labels = {"sbx.managed": "1", "sbx.run": run_id, "sbx.role": "example-mirror"}
+    labels = {"sbx.managed": "1", "sbx.run": run_id, "sbx.role": ROLE}
     api = client.api
     net_id = cid = None
     try:
@@ -101,7 +105,7 @@ def running_mirror(client: docker.DockerClient) -> Iterator[Mirror]:
         content = _content()
         cid = api.create_container(
             IMAGE, name=f"sbx-{run_id}-mirror", labels=labels, user="65534:65534",
-            command=["python3", "-m", "http.server", str(MIRROR_PORT), "--directory", "/srv",
+            command=["python3", "-u", "-m", "http.server", str(MIRROR_PORT), "--directory", "/srv",
                      "--bind", "0.0.0.0"],
             host_config=api.create_host_config(cap_drop=["ALL"]),
             networking_config=api.create_networking_config({net_id: api.create_endpoint_config(
@@ -109,12 +113,35 @@ def running_mirror(client: docker.DockerClient) -> Iterator[Mirror]:
         api.put_archive(cid, "/", _tar(content))
         api.start(cid)
         _wait_until_serving(api, cid)
-        yield Mirror(net_id, ip, {n: hashlib.sha256(d).hexdigest() for n, d in content.items()})
-    finally:
+    except BaseException:
         if cid is not None:
             api.remove_container(cid, force=True)
         if net_id is not None:
             api.remove_network(net_id)
+        raise
+    return Mirror(net_id, ip, {n: hashlib.sha256(d).hexdigest() for n, d in content.items()})
+
+
+def stop_mirrors(client: docker.DockerClient) -> None:
+    """Remove every example mirror's container and network."""
+    flt = {"label": [f"sbx.role={ROLE}"]}
+    for c in client.api.containers(all=True, filters=flt):
+        client.api.remove_container(c["Id"], force=True)
+    for n in client.api.networks(filters=flt):
+        client.api.remove_network(n["Id"])
+
+
+@contextmanager
+def running_mirror(client: docker.DockerClient) -> Iterator[Mirror]:
+    """A mirror for the duration of the block."""
+    mirror = start_mirror(client)
+    try:
+        yield mirror
+    finally:
+        flt = {"label": [f"sbx.role={ROLE}"], "network": [mirror.network]}
+        for c in client.api.containers(all=True, filters=flt):
+            client.api.remove_container(c["Id"], force=True)
+        client.api.remove_network(mirror.network)
 
 
 def _wait_until_serving(api: docker.APIClient, cid: str) -> None:
@@ -136,6 +163,12 @@ def main(argv: list[str]) -> int:
 
     client = engine.connect()
     images.ensure_step_image(client)
+    if argv[:1] == ["start"]:
+        print(start_mirror(client).network)
+        return 0
+    if argv[:1] == ["stop"]:
+        stop_mirrors(client)
+        return 0
     with running_mirror(client) as mirror:
         return sbx_main(["run", str(HERE / "pipeline.yaml"), "--egress-network",
                          mirror.network, *argv])

@@ -265,7 +265,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _lint(args)
             case Command.SCHEMA:
                 from sbx.attest.verify.policy import release_policy_schema
-
                 from sbx.pipelines.pipeline_spec import pipeline_json_schema
 
                 schema = (release_policy_schema() if args.release_policy

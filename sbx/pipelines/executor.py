@@ -9,10 +9,10 @@ Hand-offs come from the run's content-addressed store, re-hashed on the way in.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -22,6 +22,7 @@ from typing import Any
 from sbx.attest.model import Artifact
 from sbx.errors import EXIT_FAILED, SbxError
 from sbx.pipelines.alerts import WebhookAlerter
+from sbx.pipelines.evidence import sha256_file
 from sbx.pipelines.pipeline_spec import PlannedStep
 from sbx.pipelines.records import EventLog, Masker, parse_time, write_json
 from sbx.pipelines.view import LiveView
@@ -111,6 +112,8 @@ class Executor:
         with self._lock:
             st.record.update(fields)
             self.save()
+        if "status" in fields:
+            self.view.status(st.name, str(fields["status"]))
 
     def _work(self, st: StepState) -> None:
         try:
@@ -174,6 +177,25 @@ class Executor:
             raise SandboxFailure("fail closed: probes got through: " + "; ".join(
                 f"{p.name} {p.target} ({p.detail})" for p in leaks))
         self.view.phase(st.name, f"{len(results)} probes blocked")
+        self._settle(st)
+
+    def _settle(self, st: StepState, quiet: float = 0.4, limit: float = 5.0) -> None:
+        """Wait until the probes' last decisions have arrived.
+
+        The gateway and agent report through log streams, and on a busy machine a
+        probe can give up before its connection is judged. The step's own traffic is
+        everything after step_started, so that moment must come after the probes'.
+        """
+        deadline = time.monotonic() + limit
+        last = self.events.digest(st.name)[1]
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            count = self.events.digest(st.name)[1]
+            if count != last:
+                last, quiet_since = count, time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet:
+                return
 
     def _wait_for_needs(self, st: StepState) -> bool:
         if st.plan.needs:
@@ -203,10 +225,13 @@ class Executor:
         self.view.phase(st.name, "running")
         status, code = st.sandbox.run_step(self.out / "logs" / f"{st.name}.log",
                                            self.masker.data)
+        if self.cancelled.is_set():  # the container was killed under it: not its failure
+            self._set(st, status="interrupted", exit_code=code, reason="interrupted")
+            return
         reason = f"timed out after {st.config.limits.timeout:.0f} s" \
             if status == "timeout" else None
-        if status == "succeeded" and code != 0:
-            status, reason = "failed", f"exited {code}"
+        if code not in (0, None):
+            status, reason = "failed", reason or f"exited {code}"
         self._set(st, status=status, exit_code=code, reason=reason)
         outputs = st.sandbox.collect_outputs(self.out / "outputs" / st.name)
         self._store(outputs, self.out / "outputs" / st.name)
@@ -244,6 +269,7 @@ class Executor:
         st.ok = rec["status"] == "succeeded" and not self.cancelled.is_set()
         with self._lock:
             self.save()
+        self.view.status(st.name, rec["status"])
         self.view.phase(st.name, rec["status"] + (f": {rec['reason']}" if rec["reason"] else ""))
         st.done.set()
 
@@ -275,7 +301,7 @@ class Executor:
                                      "produced no such file")
             for o in chosen:
                 blob = self.out / STORE / o["sha256"]
-                if _sha256(blob) != o["sha256"]:
+                if sha256_file(blob) != o["sha256"]:
                     raise SandboxFailure(f"input {o['path']} from {item.from_}: the stored "
                                          "copy no longer matches its digest; refusing it")
                 staged.append((blob, o["path"]))
@@ -284,16 +310,8 @@ class Executor:
         return tuple(staged), tuple(handed)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _input_dicts(config: StepConfig, handed: Sequence[Artifact]) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = [{"path": rel, "sha256": _sha256(p), "from": "workspace"}
+    found: list[dict[str, Any]] = [{"path": rel, "sha256": sha256_file(p), "from": "workspace"}
              for p, rel in config.inputs if p.is_file() and not p.is_symlink()]
     found += [{"path": a.name.split("/", 2)[2], "sha256": a.sha256, "from": a.source}
               for a in handed]

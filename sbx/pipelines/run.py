@@ -12,6 +12,7 @@ import os
 import secrets
 import shlex
 import signal
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -210,6 +211,8 @@ def run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         for s in pipeline.steps}
     executor = Executor(states, out, events, masker, view, engine_info.version, save, alerter)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    view.start({s.spec.name: s.needs for s in pipeline.steps})
+    threads: list[threading.Thread] = []
     try:
         threads = executor.start()
         for t in threads:
@@ -230,6 +233,7 @@ def run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         # Whatever a worker created while being cancelled goes too.
         remove_by_label(client, {labels.RUN: run_id})
         events.close()
+        view.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
     record["ended"] = utcnow()

@@ -4,9 +4,11 @@ happens, and at the end one row per step."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from rich.console import Console
+from rich.live import Live
 from rich.table import Table
 
 from sbx.pipelines.records import is_decision
@@ -16,14 +18,74 @@ _STATUS_STYLE = {"succeeded": "green", "skipped": "dim", "running": "cyan",
 
 
 class LiveView:
-    """Prints phases and every violation at once; a table at the end."""
+    """Prints phases and every violation at once; a table at the end.
+
+    On a terminal, a live table of the DAG (each step's needs, state, time and flows)
+    stays at the bottom while violations scroll above it.
+    """
 
     def __init__(self, console: Console, quiet: bool = False) -> None:
         self.console = console
         self.quiet = quiet
         # Probe-phase denials are expected: only a step's own traffic is shown.
         self._armed: set[str] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._steps: dict[str, dict[str, Any]] = {}
+        self._live: Live | None = None
+
+    def start(self, needs: dict[str, tuple[str, ...]]) -> None:
+        """Begin showing the DAG; steps in topological order with what they need."""
+        self._steps = {name: {"needs": deps, "status": "pending", "since": None,
+                              "started": None, "ended": None, "allowed": 0, "denied": 0}
+                       for name, deps in needs.items()}
+        if not self.quiet and self.console.is_terminal:
+            self._live = Live(self._table(), console=self.console, refresh_per_second=4,
+                              transient=True)
+            self._live.start()
+
+    def stop(self) -> None:
+        """Stop the live table (the summary follows)."""
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+
+    def status(self, step: str, status: str) -> None:
+        """A step's state changed."""
+        with self._lock:
+            info = self._steps.get(step)
+            if info is None:
+                return
+            now = time.monotonic()
+            info["status"] = status
+            if status == "running":
+                info["started"] = now
+            if info["started"] is not None and status not in ("running",):
+                info["ended"] = info["ended"] or now
+            self._refresh()
+
+    def _refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(self._table())
+
+    def _table(self) -> Table:
+        table = Table(title="sbx run", expand=False)
+        for column in ("step", "needs", "state", "time", "allowed", "denied"):
+            table.add_column(column)
+        now = time.monotonic()
+        for name, info in self._steps.items():
+            began, ended = info["started"], info["ended"]
+            elapsed = f"{(ended or now) - began:.1f} s" if began is not None else "-"
+            style = _STATUS_STYLE.get(info["status"], "red" if info["status"] in (
+                "failed", "blocked", "timeout", "error") else "white")
+            table.add_row(name, ", ".join(info["needs"]) or "-",
+                          f"[{style}]{info['status']}[/]", elapsed, str(info["allowed"]),
+                          f"[red]{info['denied']}[/]" if info["denied"] else "0")
+        return table
+
+    def _print(self, line: str) -> None:
+        with self._lock:
+            target = self._live.console if self._live is not None else self.console
+            target.print(line, highlight=False)
 
     @property
     def armed(self) -> bool:
@@ -37,9 +99,8 @@ class LiveView:
 
     def phase(self, step: str, text: str) -> None:
         """A step (or the run) enters a phase."""
-        if not self.quiet:
-            with self._lock:
-                self.console.print(f"[bold cyan]{step}[/] {text}", highlight=False)
+        if not self.quiet and self._live is None:
+            self._print(f"[bold cyan]{step}[/] {text}")
 
     def event(self, event: dict[str, Any]) -> None:
         """An event as it is recorded; violations are printed at once."""
@@ -54,6 +115,11 @@ class LiveView:
             line = f"[bold red]{step}: {event.get('reason')}[/]"
         elif step in self._armed and is_decision(event):
             verdict = event.get("verdict")
+            with self._lock:
+                info = self._steps.get(step)
+                if info is not None and verdict in ("allowed", "denied"):
+                    info[str(verdict)] += 1
+                    self._refresh()
             where = event.get("name") or event.get("dst_ip") or "?"
             port = event.get("dst_port")
             target = f"{where}:{port}" if port else str(where)
@@ -67,11 +133,11 @@ class LiveView:
             else:
                 line = f"  [green]{verdict}[/] {step} {event['kind']:5} {target}{rule}"
         if line is not None:
-            with self._lock:
-                self.console.print(line, highlight=False)
+            self._print(line)
 
     def summary(self, record: dict[str, Any]) -> None:
         """One row per step: status, exit code, probes, flows and outputs."""
+        self.stop()
         if self.quiet:
             return
         table = Table(title=f"sbx run {record['run_id']} — {record.get('status')}")

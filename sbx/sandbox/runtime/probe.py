@@ -126,11 +126,13 @@ def plan(cfg: dict[str, Any]) -> list[Callable[[], Result]]:
                    partial(icmp, "host-bridge-icmp", ip, t),
                    partial(udp, "host-bridge-udp", ip, 33434, t)]
     for ip in cfg.get("peer_ips", []):
-        # Another live step's gateway and agent: its proxy, its DNS, any web port.
+        # Another live step's gateway and agent: its proxy, any web port, UDP and ICMP.
+        # (UDP to port 53 is not tried: every DNS packet is relayed to the step's own
+        # gateway, whatever its destination, so it proves nothing about the peer.)
         probes += [partial(tcp, "peer-step", ip, 80, t, relayed=True),
                    partial(tcp, "peer-step-proxy", ip, int(cfg.get("peer_proxy_port", 3128)), t,
                            relayed=True),
-                   partial(udp, "peer-step-dns", ip, 53, t),
+                   partial(udp, "peer-step-udp", ip, 33434, t),
                    partial(icmp, "peer-step-icmp", ip, t)]
     for ip in cfg.get("ipv6_ips", []):
         probes += [partial(tcp, "ipv6", ip, 80, t, relayed=False),

@@ -29,7 +29,7 @@ from docker.errors import DockerException
 
 from sbx.attest.signing.local import KeyPair, keygen
 from sbx.pipelines.records import parse_time
-from sbx.pipelines.run import RunOptions, RunResult, run_step_file
+from sbx.pipelines.run import RunOptions, RunResult, run_file
 from sbx.pipelines.view import LiveView
 from sbx.sandbox import images
 
@@ -253,7 +253,7 @@ def run_step(tmp_path: Path, internet: Internet) -> Any:
         path.write_text(yaml.safe_dump(spec))
         started = dt.datetime.now(dt.UTC)
         net = internet.network if egress_network == "internet" else egress_network
-        result = run_step_file(path, RunOptions(out_dir=tmp_path / "run", egress_network=net),
+        result = run_file(path, RunOptions(out_dir=tmp_path / "run", egress_network=net),
                                LiveView(_console(), quiet=False))
         events = [json.loads(line) for line in
                   (result.out_dir / "events.jsonl").read_text().splitlines()]

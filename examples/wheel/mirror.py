@@ -16,6 +16,7 @@ removes them if this script is killed.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import secrets
@@ -50,7 +51,7 @@ def sdist(name: str, version: str = "1.0") -> bytes:
     """A source tarball of packages/<name>, byte-for-byte reproducible."""
     buf = io.BytesIO()
     root = PACKAGES / name
-    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for path in sorted(p for p in root.rglob("*") if "__pycache__" not in p.parts):
             info = tar.gettarinfo(str(path), f"{name}-{version}/{path.relative_to(root)}")
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
@@ -58,7 +59,8 @@ def sdist(name: str, version: str = "1.0") -> bytes:
                 tar.addfile(info, io.BytesIO(path.read_bytes()))
             else:
                 tar.addfile(info)
-    return buf.getvalue()
+    # gzip stamps the current time into its header unless told otherwise.
+    return gzip.compress(buf.getvalue(), mtime=0)
 
 
 def _content() -> dict[str, bytes]:

@@ -25,15 +25,18 @@ def _write(path: Path, data: str) -> None:
     os.replace(tmp, path)
 
 
-def write_signed(run_dir: Path, signed: Sequence[Signed]) -> list[Path]:
-    """Write each signed document and the JSON Lines bundle; returns the files written."""
+def _write_all(run_dir: Path, files: Sequence[tuple[str, str]]) -> list[Path]:
+    """Write (name, text) pairs into attestations/."""
     folder = run_dir / ATTESTATIONS_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for s in signed:
-        path = folder / f"{s.payload.stem}{s.suffix}"
-        _write(path, s.document)
-        written.append(path)
+    for name, text in files:
+        _write(folder / name, text)
+    return [folder / name for name, _ in files]
+
+
+def write_signed(run_dir: Path, signed: Sequence[Signed]) -> list[Path]:
+    """Write each signed document and the JSON Lines bundle; returns the files written."""
+    written = _write_all(run_dir, [(f"{s.payload.stem}{s.suffix}", s.document) for s in signed])
     lines = "".join(json.dumps(json.loads(s.document), separators=(",", ":")) + "\n"
                     for s in signed)
     _write(run_dir / BUNDLE_FILE, lines)
@@ -42,11 +45,5 @@ def write_signed(run_dir: Path, signed: Sequence[Signed]) -> list[Path]:
 
 def write_unsigned(run_dir: Path, payloads: Sequence[Payload]) -> list[Path]:
     """Keep the Statements a failed signer could not sign, so nothing is lost."""
-    folder = run_dir / ATTESTATIONS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for p in payloads:
-        path = folder / f"{p.stem}.statement.json"
-        _write(path, p.body.decode("utf-8") + "\n")
-        written.append(path)
-    return written
+    return _write_all(run_dir, [(f"{p.stem}.statement.json", p.body.decode("utf-8") + "\n")
+                                for p in payloads])

@@ -19,7 +19,14 @@ from rich.console import Console
 
 import sbx
 from sbx.attest.signing.interface import SignerKind
-from sbx.errors import EXIT_ENVIRONMENT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SbxError
+from sbx.errors import (
+    EXIT_ENVIRONMENT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    InputError,
+    SbxError,
+)
 from sbx.pipelines.loader import load_yaml
 from sbx.pipelines.pipeline_spec import is_pipeline, validate_pipeline
 from sbx.pipelines.release import is_release_policy, validate_release_policy
@@ -155,6 +162,9 @@ def _report(args: argparse.Namespace) -> int:
     from sbx.pipelines.report import write_html
     from sbx.pipelines.verify import VerifyOptions, verify
 
+    if not args.run_dir.is_dir():
+        raise InputError(f"{args.run_dir}: not a directory: pass the run directory that "
+                         "sbx run printed")
     options = VerifyOptions(run_dir=args.run_dir, policy=args.policy, keys=tuple(args.key),
                             identity=args.cert_identity, issuer=args.cert_oidc_issuer,
                             trusted_root=args.trusted_root)

@@ -7,13 +7,13 @@ asked for, and writes the result next to the run's records.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sbx.attest.digests import sha256_file
 from sbx.attest.errors import SigningError
 from sbx.attest.model import Artifact, Isolation, Probe, RunEvidence
 from sbx.attest.signing.interface import Signer, SignerKind
@@ -85,15 +85,6 @@ def builder_id(environ: Mapping[str, str]) -> str:
     if environ.get("CI_SERVER_URL") and environ.get("CI_PROJECT_PATH"):
         return f"{environ['CI_SERVER_URL']}/{environ['CI_PROJECT_PATH']}/-/sbx"
     return "https://sbx.dev/builders/local"
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def workspace_materials(inputs: tuple[tuple[Path, str], ...]) -> tuple[Artifact, ...]:

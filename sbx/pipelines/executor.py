@@ -19,19 +19,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sbx.attest.digests import sha256_file
 from sbx.attest.model import Artifact
 from sbx.errors import EXIT_FAILED, SbxError
 from sbx.pipelines.alerts import WebhookAlerter
-from sbx.pipelines.evidence import sha256_file
+from sbx.pipelines.evidence import workspace_materials
 from sbx.pipelines.pipeline_spec import PlannedStep
-from sbx.pipelines.records import EventLog, Masker, parse_time, write_json
+from sbx.pipelines.records import FLOW_VERDICTS, EventLog, Masker, parse_time, write_json
 from sbx.pipelines.view import LiveView
 from sbx.sandbox.archive import OutputFile
 from sbx.sandbox.config import ProbeResult, SandboxFacts, StepConfig
 from sbx.sandbox.sandbox import Sandbox, SandboxFailure, utcnow
 
 STORE = "store/sha256"
-FLOW_VERDICTS = ("allowed", "audit", "denied", "failed")
 FINAL = frozenset({"succeeded", "failed", "timeout", "blocked", "skipped", "error"})
 
 
@@ -63,7 +63,7 @@ class StepState:
     peer_probes: tuple[ProbeResult, ...] = ()
     facts: SandboxFacts | None = None
     step_started: datetime | None = None
-    handed: tuple[Artifact, ...] = ()
+    materials: tuple[Artifact, ...] = ()  # what the step was given: workspace, then hand-offs
     error: SbxError | None = None
 
     @property
@@ -214,10 +214,11 @@ class Executor:
 
     def _run(self, st: StepState) -> None:
         staged, handed = self._hand_off(st)
-        st.handed = handed
+        # Hashed once, here: run.json's inputs and the link Statement's materials.
+        st.materials = workspace_materials(st.config.inputs) + handed
         st.sandbox.step = replace(st.config, inputs=st.config.inputs + staged)
         self._set(st, status="running", step_started=utcnow(),
-                  inputs=_input_dicts(st.config, handed))
+                  inputs=[_input_dict(a) for a in st.materials])
         st.step_started = parse_time(st.record["step_started"])
         self.view.arm(st.name)
         if self.alerter is not None:
@@ -310,12 +311,10 @@ class Executor:
         return tuple(staged), tuple(handed)
 
 
-def _input_dicts(config: StepConfig, handed: Sequence[Artifact]) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = [{"path": rel, "sha256": sha256_file(p), "from": "workspace"}
-             for p, rel in config.inputs if p.is_file() and not p.is_symlink()]
-    found += [{"path": a.name.split("/", 2)[2], "sha256": a.sha256, "from": a.source}
-              for a in handed]
-    return found
+def _input_dict(a: Artifact) -> dict[str, Any]:
+    # Hand-offs are named by their place in the run directory, outputs/<step>/<path>.
+    path = a.name if a.source == "workspace" else a.name.split("/", 2)[2]
+    return {"path": path, "sha256": a.sha256, "from": a.source}
 
 
 def _probe_dict(p: ProbeResult) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 EventListener = Callable[[dict[str, Any]], None]
+FLOW_VERDICTS = ("allowed", "audit", "denied", "failed")
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -116,7 +117,7 @@ class EventLog:
             if since is not None and parse_time(e["time"]) < since:
                 continue
             counts[str(e.get("verdict"))] += 1
-        return {k: counts.get(k, 0) for k in ("allowed", "audit", "denied", "failed")}
+        return {k: counts.get(k, 0) for k in FLOW_VERDICTS}
 
 
 def is_decision(event: dict[str, Any]) -> bool:

@@ -267,14 +267,13 @@ def run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     return RunResult(run_id=run_id, out_dir=out, exit_code=exit_code, record=record)
 
 
-run_step_file = run_file
-
 
 def _evidence(st: StepState, out: Path, events: EventLog) -> StepEvidence:
     rec = st.record
     return StepEvidence(
         name=st.name, command=st.config.command,
-        materials=ev.workspace_materials(st.config.inputs) + st.handed,
+        # A step that never started was given nothing: list what it would have taken.
+        materials=st.materials or ev.workspace_materials(st.config.inputs),
         products=tuple(Artifact(f"outputs/{st.name}/{o['path']}", o["sha256"])
                        for o in rec["outputs"]),
         logs=ev.log_artifacts(out, st.name), status=rec["status"],

@@ -87,11 +87,6 @@ class LiveView:
             target = self._live.console if self._live is not None else self.console
             target.print(line, highlight=False)
 
-    @property
-    def armed(self) -> bool:
-        """Whether any step is running its own command."""
-        return bool(self._armed)
-
     def arm(self, step: str) -> None:
         """From now on the step's denials are its own."""
         with self._lock:

@@ -45,7 +45,6 @@ class SandboxOptions:
 
     runtime_image: str
     egress_network: str | None = None  # None: a fresh egress network per step
-    peer_ips: tuple[str, ...] = ()
     host_ips: tuple[str, ...] = ()
     probe_timeout: float = 1.0
     ready_timeout: float = 20.0

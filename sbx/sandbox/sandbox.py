@@ -224,7 +224,7 @@ class Sandbox:
         egress_ips = [ip for ip in self._egress_side_ips() if ip]
         cfg = {"timeout": self.options.probe_timeout, "egress_ips": egress_ips,
                "host_ips": [net.bridge_ip],
-               "peer_ips": [*self.options.peer_ips, *peer_ips], "peer_proxy_port": PROXY_PORT,
+               "peer_ips": list(peer_ips), "peer_proxy_port": PROXY_PORT,
                "ipv6_ips": _global_v6(self.options.host_ips)[:1] or ["fd00:5b::1"],
                "proxy": f"{net.gateway_ip}:{PROXY_PORT}"}
         cid = self._create(

@@ -97,3 +97,16 @@ def test_missing_step_image_is_exit_3_with_one_line_and_records(
     assert err.count("\n") == 1 and "sbx-test-no-such-image:1" in err and "Traceback" not in err
     record = json.loads((out / "run.json").read_text())
     assert only_step(record)["status"] == "error" and record["ended"]
+
+
+@pytest.mark.parametrize("args", [
+    ["report", "/nonexistent/run", "--html", "/tmp/sbx-never.html"],
+    ["learn", "/nonexistent/run"],
+    ["plan", str(EXAMPLES / "hello" / "step.yaml"), "--against", "/nonexistent/run"],
+])
+def test_reading_commands_refuse_a_missing_run_dir(
+        args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == EXIT_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "/nonexistent/run" in err and "Traceback" not in err
+    assert not Path("/tmp/sbx-never.html").exists()

@@ -53,5 +53,15 @@ def test_the_wheel_example_builds_tests_packages_and_passes_the_gate(
 
 
 def test_the_mirror_serves_reproducible_sources() -> None:
+    import gzip
+    import io
+    import tarfile
+
     mirror = _mirror_module()
-    assert mirror.sdist("greet") == mirror.sdist("greet")
+    data = mirror.sdist("greet")
+    assert data[4:8] == b"\0\0\0\0", "the gzip header carries a time stamp"
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(data))) as tar:
+        members = tar.getmembers()
+    assert all(m.mtime == 0 and m.uid == 0 for m in members)
+    assert "greet-1.0/greet/__init__.py" in [m.name for m in members]
+    assert data == mirror.sdist("greet")

@@ -121,6 +121,8 @@ json.dump(results, open("out/result.json", "w"))
         "gate": {"image": IMAGE, "run": "sleep 6"},
         "attacker": {"image": IMAGE, "needs": ["gate"], "inputs": ["sibling.txt", "attack.py"],
                      "run": "python3 attack.py", "outputs": ["out/"]},
+        "consumer": {"image": IMAGE, "inputs": [{"from": "attacker", "path": "out/"}],
+                     "run": "true"},
     }
     ws = tmp_path / "ws"
     found: list[str] = []
@@ -165,6 +167,8 @@ json.dump(results, open("out/result.json", "w"))
     # In enforce mode the attempts fail the attacker's step and the run.
     assert s["attacker"]["status"] == "failed" and code == EXIT_FAILED
     assert s["attacker"]["flows"]["denied"] >= len(found)
+    # ...so what it produced never reaches a step that takes from it.
+    assert s["consumer"]["status"] == "skipped" and s["consumer"]["inputs"] == []
 
 
 def test_a_failed_step_stops_its_dependants_and_the_run_says_which(

@@ -21,19 +21,13 @@ class Signed:
     """One signed Statement as written to disk.
 
     `document` is the file's exact content: a DSSE envelope (local) or a Sigstore
-    bundle (keyless). `suffix` names the file type; `line` is what goes into
-    attestations.intoto.jsonl (the same document on one line).
+    bundle (keyless); `suffix` names the file type.
     """
 
     payload: Payload
     document: str
     suffix: str
     signer: str
-
-    @property
-    def line(self) -> str:
-        """The document on one line, for the JSON Lines bundle."""
-        return "".join(self.document.splitlines())
 
 
 class Signer(Protocol):

@@ -12,6 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from sbx.attest.digests import sha256_file
 from sbx.attest.errors import EvidenceInputError
 
 ATTESTATIONS_DIR = "attestations"
@@ -75,11 +76,7 @@ def file_sha256(run_dir: Path, name: str) -> str | None:
                 return None
         if not path.is_file():
             return None
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return sha256_file(path)
     except OSError:
         return None
 
@@ -87,11 +84,7 @@ def file_sha256(run_dir: Path, name: str) -> str | None:
 def artifact_sha256(path: Path) -> str:
     """sha256 of a release artifact given on the command line."""
     try:
-        digest = hashlib.sha256()
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
+        return sha256_file(path)
     except OSError as exc:
         raise EvidenceInputError(f"{path}: cannot read the artifact ({exc.strerror}): "
                                  "pass an existing file to --artifact") from exc

@@ -7,7 +7,7 @@ STAMPS := .sbx/stamps
 # on a throw-away machine, so allow it there. Inside a venv this stays empty.
 PIP_FLAGS := $(shell $(PYTHON) -c 'import os, sys, sysconfig; print("--break-system-packages" if sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else "")' 2>/dev/null)
 
-.PHONY: dev lint images test demo demo-pipeline bench clean
+.PHONY: dev lint images test redteam demo demo-pipeline bench clean
 
 # Install sbx in editable mode with the dev tools.
 dev:
@@ -29,6 +29,10 @@ images: $(STAMPS)/dev
 
 test: $(STAMPS)/dev images
 	$(PYTHON) -m pytest -q
+
+# Only the red-team suite (attacks, faults, bad input, load); `make test` already includes it.
+redteam: $(STAMPS)/dev images
+	$(PYTHON) -m pytest -q -m redteam tests/redteam
 
 demo: $(STAMPS)/dev images
 	$(PYTHON) -m sbx run examples/hello/step.yaml

@@ -1,0 +1,1 @@
+"""The red-team suite: attacks from inside real sandboxes, faults, bad input and load."""

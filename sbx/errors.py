@@ -47,3 +47,23 @@ class EnvironmentFailure(SbxError):
     """The environment failed: no Docker engine, an image missing and unbuildable."""
 
     exit_code = EXIT_ENVIRONMENT
+
+
+class RunDirFailure(EnvironmentFailure):
+    """The run directory cannot be written: a full disk, a read-only or vanished folder."""
+
+
+# errno values that mean "the disk under the run directory", not a bug in sbx.
+DISK_ERRNOS = frozenset({28, 122, 30, 5})  # ENOSPC, EDQUOT, EROFS, EIO
+
+
+def is_disk_failure(exc: BaseException) -> bool:
+    """True for an OSError that the run directory's file system raised."""
+    return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
+
+
+def run_dir_failure(out: object, exc: OSError, doing: str) -> RunDirFailure:
+    """One line naming the run directory, what sbx was doing and the fix."""
+    return RunDirFailure(
+        f"cannot write the run directory {out} while {doing}: {exc.strerror or exc}; "
+        "free space there or pass --out on another disk")

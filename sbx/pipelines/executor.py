@@ -21,7 +21,7 @@ from typing import Any
 
 from sbx.attest.digests import sha256_file
 from sbx.attest.model import Artifact
-from sbx.errors import EXIT_FAILED, SbxError
+from sbx.errors import EXIT_FAILED, SbxError, is_disk_failure, run_dir_failure
 from sbx.pipelines.alerts import WebhookAlerter
 from sbx.pipelines.evidence import workspace_materials
 from sbx.pipelines.pipeline_spec import PlannedStep
@@ -29,6 +29,7 @@ from sbx.pipelines.records import FLOW_VERDICTS, EventLog, Masker, parse_time, w
 from sbx.pipelines.view import LiveView
 from sbx.sandbox.archive import OutputFile
 from sbx.sandbox.config import ProbeResult, SandboxFacts, StepConfig
+from sbx.sandbox.engine import is_unreachable, lost
 from sbx.sandbox.sandbox import Sandbox, SandboxFailure, utcnow
 
 STORE = "store/sha256"
@@ -44,7 +45,7 @@ def step_record(step: PlannedStep, config: StepConfig) -> dict[str, Any]:
         "policy": {"mode": config.policy.mode, "digest": config.policy.digest(),
                    "allow": [r.text for r in config.policy.rules]},
         "docker": {}, "probes": [], "peer_probes": [], "inputs": [], "outputs": [],
-        "flows": {}, "faults": [],
+        "flows": {}, "faults": [], "timings": {},
     }
 
 
@@ -58,6 +59,7 @@ class StepState:
     record: dict[str, Any]
     prepared: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
+    exited: threading.Event = field(default_factory=threading.Event)  # the worker returned
     ok: bool = False
     probes: tuple[ProbeResult, ...] = ()
     peer_probes: tuple[ProbeResult, ...] = ()
@@ -65,6 +67,7 @@ class StepState:
     step_started: datetime | None = None
     materials: tuple[Artifact, ...] = ()  # what the step was given: workspace, then hand-offs
     error: SbxError | None = None
+    phase: str = "pending"  # what it was doing, for the reason of an interruption
 
     @property
     def name(self) -> str:
@@ -89,11 +92,31 @@ class Executor:
 
     def start(self) -> list[threading.Thread]:
         """One worker per step, started at once."""
-        threads = [threading.Thread(target=self._work, args=(st,), name=f"sbx-{st.name}",
+        threads = [threading.Thread(target=self._worker, args=(st,), name=f"sbx-{st.name}",
                                     daemon=True) for st in self.steps.values()]
         for t in threads:
             t.start()
         return threads
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every worker has returned; False if `timeout` ran out first.
+
+        The main thread waits here, not in Thread.join: a signal handler that raises
+        inside join() makes CPython (3.11) mark a live thread as stopped, and the
+        clean-up would then not wait for a worker still creating objects.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for st in self.steps.values():
+            while not st.exited.wait(0.2):
+                if deadline is not None and time.monotonic() > deadline:
+                    return False
+        return True
+
+    def _worker(self, st: StepState) -> None:
+        try:
+            self._work(st)
+        finally:
+            st.exited.set()
 
     def cancel(self) -> None:
         """Stop every step: removing the sandboxes ends whatever each worker waits on."""
@@ -108,7 +131,13 @@ class Executor:
                 pass
 
     # -- one step ----------------------------------------------------------------------
+    def phases(self) -> dict[str, str]:
+        """What each step is doing right now (its status, or `copying outputs`)."""
+        return {st.name: st.phase for st in self.steps.values()}
+
     def _set(self, st: StepState, **fields: Any) -> None:
+        if "status" in fields:
+            st.phase = str(fields["status"])
         with self._lock:
             st.record.update(fields)
             self.save()
@@ -129,17 +158,23 @@ class Executor:
                 self._set(st, status=status, reason=self.masker.text(exc.diagnostics()))
         except Exception as exc:  # a Docker call failing under a cancelled run lands here
             if not self.cancelled.is_set():
-                st.error = SandboxFailure(f"{type(exc).__name__}: {exc}")
-                self._set(st, status="error", reason=self.masker.text(str(exc)))
+                # The engine or the disk going away is the environment's failure (exit 3),
+                # anything else is this sandbox's.
+                st.error = (lost(exc) if is_unreachable(exc)
+                            else run_dir_failure(self.out, exc, f"running step {st.name}")
+                            if isinstance(exc, OSError) and is_disk_failure(exc)
+                            else SandboxFailure(f"{type(exc).__name__}: {exc}"))
+                self._set(st, status="error", reason=self.masker.text(st.error.diagnostics()))
         finally:
             st.prepared.set()
-            if self.cancelled.is_set() and st.record["status"] not in FINAL:
-                self._set(st, status="interrupted", reason="interrupted")
+            if self.cancelled.is_set() and st.record["status"] not in FINAL | {"interrupted"}:
+                self._set(st, status="interrupted", reason=f"interrupted while {st.phase}")
             self._finish(st)
 
     def _prepare(self, st: StepState) -> None:
         self._set(st, status="preparing", started=utcnow())
-        st.record["image"]["id"] = st.sandbox.image_digest()
+        with st.sandbox.timed("image"):
+            st.record["image"]["id"] = st.sandbox.image_digest()
         self.view.phase(st.name, "preparing the sandbox (network, gateway, agent)")
         try:
             st.sandbox.prepare()
@@ -158,7 +193,8 @@ class Executor:
         return peers
 
     def _probe(self, st: StepState) -> None:
-        peers = self._peer_ips(st)
+        with st.sandbox.timed("peers_wait"):
+            peers = self._peer_ips(st)
         if self.cancelled.is_set():
             raise SandboxFailure("cancelled")
         self._set(st, status="probing")
@@ -166,7 +202,8 @@ class Executor:
             self.alerter.step_probing(st.name)  # the probes' own denials are expected
         self.view.phase(st.name, "probing from inside the step's namespace"
                         + (f" and at {len(peers) // 2} other step(s)" if peers else ""))
-        results = st.sandbox.probe(peers)
+        with st.sandbox.timed("probes"):
+            results = st.sandbox.probe(peers)
         st.probes = tuple(p for p in results if not p.name.startswith("peer-"))
         st.peer_probes = tuple(p for p in results if p.name.startswith("peer-"))
         with self._lock:
@@ -177,7 +214,8 @@ class Executor:
             raise SandboxFailure("fail closed: probes got through: " + "; ".join(
                 f"{p.name} {p.target} ({p.detail})" for p in leaks))
         self.view.phase(st.name, f"{len(results)} probes blocked")
-        self._settle(st)
+        with st.sandbox.timed("settle"):
+            self._settle(st)
 
     def _settle(self, st: StepState, quiet: float = 0.4, limit: float = 5.0) -> None:
         """Wait until the probes' last decisions have arrived.
@@ -201,8 +239,9 @@ class Executor:
         if st.plan.needs:
             self._set(st, status="waiting")
             self.view.phase(st.name, f"waiting for {', '.join(st.plan.needs)}")
-        for need in st.plan.needs:
-            self.steps[need].done.wait()
+        with st.sandbox.timed("needs_wait"):
+            for need in st.plan.needs:
+                self.steps[need].done.wait()
         if self.cancelled.is_set():
             return False
         failed = [n for n in st.plan.needs if not self.steps[n].ok]
@@ -227,23 +266,40 @@ class Executor:
         status, code = st.sandbox.run_step(self.out / "logs" / f"{st.name}.log",
                                            self.masker.data)
         if self.cancelled.is_set():  # the container was killed under it: not its failure
-            self._set(st, status="interrupted", exit_code=code, reason="interrupted")
+            self._set(st, status="interrupted", exit_code=code, reason="interrupted while running")
             return
         reason = f"timed out after {st.config.limits.timeout:.0f} s" \
             if status == "timeout" else None
         if code not in (0, None):
             status, reason = "failed", reason or f"exited {code}"
-        self._set(st, status=status, exit_code=code, reason=reason)
-        outputs = st.sandbox.collect_outputs(self.out / "outputs" / st.name)
-        self._store(outputs, self.out / "outputs" / st.name)
-        self._set(st, outputs=[_output_dict(o) for o in outputs])
+        # The status stays `running` until the outputs are out: an interruption while
+        # copying must not leave a `succeeded` step without its outputs.
+        st.phase = "copying outputs"
+        self._set(st, exit_code=code, reason=reason)
+        with st.sandbox.timed("copy_out"):
+            try:
+                outputs = st.sandbox.collect_outputs(self.out / "outputs" / st.name)
+                self._store(outputs, self.out / "outputs" / st.name)
+            except OSError as exc:
+                if is_unreachable(exc) or not is_disk_failure(exc):
+                    raise
+                # Nothing of them is recorded or signed yet: free the space for the records.
+                shutil.rmtree(self.out / "outputs" / st.name, ignore_errors=True)
+                for tmp in (self.out / STORE).glob("*.tmp"):
+                    tmp.unlink(missing_ok=True)
+                raise run_dir_failure(self.out, exc, f"copying the outputs of {st.name} "
+                                      "(its partial outputs were removed)") from None
+        if self.cancelled.is_set():  # complete, so recorded, but the run was stopped
+            status, reason = "interrupted", "interrupted while copying outputs"
+        self._set(st, status=status, reason=reason, outputs=[_output_dict(o) for o in outputs])
 
     def _finish(self, st: StepState) -> None:
-        """Facts, clean-up, flows and the verdict, then release the dependants."""
+        """Facts, flows and the verdict, release the dependants, then remove the sandbox."""
         sandbox = st.sandbox
         try:
             if sandbox.network is not None and "step" in sandbox.containers:
-                st.facts = sandbox.facts(self.engine_version)
+                with sandbox.timed("facts"):
+                    st.facts = sandbox.facts(self.engine_version)
         except Exception:  # facts are best effort once things went wrong
             pass
         net = sandbox.network
@@ -253,8 +309,21 @@ class Executor:
                 "network_name": net.name, "subnet": net.subnet,
                 "internal": st.facts.internal if st.facts else None,
                 "containers": dict(sandbox.containers)}
-        sandbox.close()
+        # Stopping the gateway and agent brings in their last events: the verdict needs
+        # them. Removing the objects does not, so dependants go on while that happens.
+        try:
+            with sandbox.timed("stop"):
+                sandbox.stop()
+            self._verdict(st)
+        finally:
+            st.done.set()  # st.ok is still False if the verdict could not be given
+            self._remove_sandbox(st)
+
+    def _verdict(self, st: StepState) -> None:
+        """The step's flows, faults and final status, from everything it recorded."""
+        sandbox = st.sandbox
         rec = st.record
+        rec["log"] = dict(sandbox.log_stats)
         rec["faults"] = [self.masker.text(f) for f in sandbox.faults]
         # A step that never ran its command has no traffic of its own, only its probes'.
         rec["flows"] = (self.events.flow_counts(st.step_started, st.name)
@@ -272,7 +341,21 @@ class Executor:
             self.save()
         self.view.status(st.name, rec["status"])
         self.view.phase(st.name, rec["status"] + (f": {rec['reason']}" if rec["reason"] else ""))
-        st.done.set()
+
+    def _remove_sandbox(self, st: StepState) -> None:
+        """Remove the step's Docker objects; a removal that fails is recorded as a fault,
+        but the verdict was given before (nothing the step did can happen any more)."""
+        sandbox, rec = st.sandbox, st.record
+        with sandbox.timed("cleanup"):
+            try:
+                sandbox.close()
+            finally:
+                with self._lock:
+                    rec["faults"] = [self.masker.text(f) for f in sandbox.faults]
+                    rec["log"] = dict(sandbox.log_stats)
+        with self._lock:
+            rec["timings"] = dict(sandbox.timings)
+            self.save()
 
     # -- the artifact store ------------------------------------------------------------
     def _store(self, outputs: Sequence[OutputFile], root: Path) -> None:
@@ -326,6 +409,28 @@ def _output_dict(o: OutputFile) -> dict[str, Any]:
     return {"path": o.path, "sha256": o.sha256, "size": o.size}
 
 
-def write_record(path: Path, record: dict[str, Any]) -> Callable[[], None]:
+class RecordWriter:
+    """Rewrites run.json atomically; a full disk is remembered, never raised mid-run.
+
+    The run goes on (and cleans up) when run.json cannot be replaced: the last
+    complete version stays on disk, and `error` tells the run to exit 3 at its end.
+    """
+
+    def __init__(self, path: Path, record: dict[str, Any]) -> None:
+        self.path = path
+        self.record = record
+        self.error: OSError | None = None
+
+    def __call__(self) -> None:
+        try:
+            write_json(self.path, self.record)
+        except OSError as exc:
+            if not is_disk_failure(exc):
+                raise
+            self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
+            self.error = self.error or exc
+
+
+def write_record(path: Path, record: dict[str, Any]) -> RecordWriter:
     """A saver that rewrites run.json atomically."""
-    return lambda: write_json(path, record)
+    return RecordWriter(path, record)

@@ -72,6 +72,9 @@ class EventLog:
 
     def __post_init__(self) -> None:
         self._fh = self.path.open("a", encoding="utf-8")
+        # The first write that failed (a full disk): later lines stay in memory only,
+        # and the run ends with exit 3 naming the run directory.
+        self.error: OSError | None = None
         # Per step, a running sha256 of its lines exactly as written: the isolation
         # Statement signs it, and `sbx verify` recomputes it from events.jsonl.
         self._digests: dict[str, Any] = {}
@@ -85,8 +88,12 @@ class EventLog:
         line = json.dumps(masked, sort_keys=True, separators=(",", ":"))
         step = masked.get("step")
         with self._lock:
-            self._fh.write(line + "\n")
-            self._fh.flush()
+            if self.error is None:
+                try:
+                    self._fh.write(line + "\n")
+                    self._fh.flush()
+                except OSError as exc:
+                    self.error = exc
             self.events.append(masked)
             if isinstance(step, str):
                 self._digests.setdefault(step, hashlib.sha256()).update(
@@ -97,7 +104,10 @@ class EventLog:
 
     def close(self) -> None:
         with self._lock:
-            self._fh.close()
+            try:
+                self._fh.close()
+            except OSError as exc:  # the unflushed tail of a failed write
+                self.error = self.error or exc
 
     def digest(self, step: str) -> tuple[str, int]:
         """sha256 and number of the step's lines so far, in the order written."""

@@ -24,7 +24,17 @@ import psutil
 import sbx
 from sbx.attest.errors import SigningError
 from sbx.attest.model import Artifact, RunBinding, RunEvidence, StepEvidence
-from sbx.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, SpecError
+from sbx.attest.signing.interface import Signer
+from sbx.attest.statements import run_payloads
+from sbx.attest.store import write_unsigned
+from sbx.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    SpecError,
+    is_disk_failure,
+    run_dir_failure,
+)
 from sbx.pipelines import evidence as ev
 from sbx.pipelines.alerts import WebhookAlerter, WebhookOptions
 from sbx.pipelines.ci_reports import write_codequality, write_junit
@@ -36,6 +46,7 @@ from sbx.pipelines.spec import StepSpec, spec_digest, validate_step
 from sbx.pipelines.view import LiveView
 from sbx.sandbox import engine, images, labels
 from sbx.sandbox.config import Limits, SandboxOptions, StepConfig
+from sbx.sandbox.engine import ENGINE_ERRORS, is_unreachable
 from sbx.sandbox.sandbox import Sandbox, remove_by_label, utcnow
 
 
@@ -145,8 +156,8 @@ def host_addresses(client: docker.DockerClient) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-class _Interrupted(BaseException):
-    pass
+class _Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM; before the run's records exist the CLI reports it as Ctrl-C."""
 
 
 def _on_signal(signum: int, _frame: Any) -> None:
@@ -162,8 +173,25 @@ def load_run_file(path: Path) -> tuple[LoadedDoc, Pipeline, str]:
     return loaded, Pipeline(spec.name, (PlannedStep(spec, (), (), ()),)), "step"
 
 
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 def run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
-    """Run a step or pipeline file; always leaves run.json and removes every Docker object."""
+    """Run a step or pipeline file; always leaves run.json and removes every Docker object.
+
+    SIGINT and SIGTERM are handled from the first line: before any Docker object or
+    record exists they end the run at once (exit 130); later, `_run_file` cleans up,
+    records the phase each step was in, and still signs what it saw.
+    """
+    previous = {s: signal.signal(s, _on_signal) for s in _SIGNALS}
+    try:
+        return _run_file(path, options, view)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     loaded, pipeline, kind = load_run_file(path)
     digest = spec_digest(loaded)
     workspace = options.workspace or path.parent
@@ -180,9 +208,18 @@ def run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
                                  log=lambda m: view.phase(pipeline.name, m))
     run_id = new_run_id()
     out = (options.out_dir or Path(".sbx/runs") / run_id).resolve()
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    for name in configs:
-        (out / "outputs" / name).mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        for name in configs:
+            (out / "outputs" / name).mkdir(parents=True, exist_ok=True)
+            # Every step's Statements need a subject: a step stopped before it ran
+            # (interrupted, the engine gone) is still about its (empty) log.
+            (out / "logs" / f"{name}.log").touch()
+        (out / "events.jsonl").touch()
+    except OSError as exc:
+        if not is_disk_failure(exc):
+            raise
+        raise run_dir_failure(out, exc, "creating it") from None
     masker = Masker(v for c in configs.values() for _, v in c.secrets)
     alerter = WebhookAlerter(WebhookOptions(options.alert_webhook), run_id) \
         if options.alert_webhook else None
@@ -200,7 +237,6 @@ def run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         "evidence": None,
     }
     save = write_record(out / "run.json", record)
-    save()
     host_ips = host_addresses(client)
     states = {
         s.spec.name: StepState(s, configs[s.spec.name], Sandbox(
@@ -214,38 +250,67 @@ def run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     view.start({s.spec.name: s.needs for s in pipeline.steps})
     threads: list[threading.Thread] = []
     try:
-        threads = executor.start()
-        for t in threads:
-            while t.is_alive():
-                t.join(timeout=0.2)
+        save()
+        if save.error is not None:  # not even run.json fits: start nothing
+            raise run_dir_failure(out, save.error, "writing run.json")
+        # Held back while the workers start: a signal in between would leave `threads`
+        # unset, and the clean-up below would not wait for workers already creating.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        try:
+            threads = executor.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        executor.wait()
     except _Interrupted as exc:
         record["interrupted"] = True
-        record["reason"] = f"interrupted by {exc}"
+        record["reason"] = f"interrupted by {exc} while " + (", ".join(
+            f"{name} {phase}" for name, phase in executor.phases().items()) or "starting")
         # A second Ctrl-C must not stop the clean-up half-way.
         for s in previous:
             signal.signal(s, signal.SIG_IGN)
         executor.cancel()
-        for t in threads:
-            t.join(timeout=30)
+        if threads:
+            executor.wait(timeout=30)
     finally:
         for s in previous:
             signal.signal(s, signal.SIG_IGN)
         # Whatever a worker created while being cancelled goes too.
-        remove_by_label(client, {labels.RUN: run_id})
+        try:
+            remove_by_label(client, {labels.RUN: run_id})
+        except ENGINE_ERRORS as exc:
+            if not is_unreachable(exc):
+                raise
+            record["leftovers"] = (f"the Docker engine did not answer at clean-up: run "
+                                   f"`sbx gc --run {run_id}` once it is back")
         events.close()
         view.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
     record["ended"] = utcnow()
     exit_code = _verdict(record)
+    errors = [st.error for st in states.values()
+              if st.error is not None and st.error.exit_code not in (EXIT_FAILED,)]
+    for failure in (save.error, events.error):
+        if failure is not None:
+            errors.append(run_dir_failure(out, failure, "writing its records"))
+    if errors and not record["interrupted"]:
+        # The environment failed (the engine, the disk): the run is an error, not a failure.
+        record["status"], record["reason"] = "error", masker.text(errors[0].diagnostics())
     view.phase(pipeline.name, f"signing evidence ({signer.kind})")
-    signed = ev.sign_run(RunEvidence(
+    run_evidence = RunEvidence(
         binding=RunBinding(run_id, digest.removeprefix("sha256:"),
                            ev.git_commit(workspace, os.environ)),
         spec_path=path.name, steps=tuple(_evidence(st, out, events) for st in states.values()),
         sbx_version=sbx.__version__, builder_id=ev.builder_id(os.environ),
         started=record["started"], ended=record["ended"], interrupted=record["interrupted"],
-        ci=ev.ci_context(os.environ)), signer, out)
+        ci=ev.ci_context(os.environ))
+    signed = _sign(run_evidence, signer, out, record)
+    if record["interrupted"]:
+        exit_code = EXIT_INTERRUPTED
+    # The evidence is written: the run is complete, and a late signal must not cut
+    # run.json's last update or the reports.
+    for s in _SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
     record["evidence"] = {"signer": signed.signer, "error": signed.error,
                           "files": [p.relative_to(out).as_posix() for p in signed.files]}
     if alerter is not None:
@@ -258,14 +323,36 @@ def run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     if options.codequality is not None:
         write_codequality(record, events.events, options.codequality, str(path))
     view.summary(record)
-    errors = [st.error for st in states.values()
-              if st.error is not None and st.error.exit_code not in (EXIT_FAILED,)]
+    if save.error is not None and not errors:  # run.json's last update did not fit
+        errors.append(run_dir_failure(out, save.error, "writing run.json"))
     if errors and not record["interrupted"]:
         raise errors[0]  # an environment failure: exit 3 after the records are written
-    if signed.error is not None:
+    if signed.error is not None and not record["interrupted"]:
         raise SigningError(f"{signed.error} (the Statements are kept unsigned in {out})")
     return RunResult(run_id=run_id, out_dir=out, exit_code=exit_code, record=record)
 
+
+
+def _sign(run: RunEvidence, signer: Signer, out: Path,
+          record: dict[str, Any]) -> ev.SignedEvidence:
+    """Sign the run's Statements; a signal or a full disk leaves them unsigned, said why."""
+    try:
+        return ev.sign_run(run, signer, out)
+    except _Interrupted as exc:
+        for s in _SIGNALS:  # writing the unsigned Statements must not be cut in turn
+            signal.signal(s, signal.SIG_IGN)
+        record.update(interrupted=True, status="interrupted",
+                      reason=f"interrupted by {exc} while signing the evidence")
+        error = "interrupted before the evidence was signed; the Statements are kept unsigned"
+    except OSError as exc:
+        if not is_disk_failure(exc):
+            raise
+        error = f"the signed evidence could not be written: {exc.strerror or exc}"
+    try:
+        files = tuple(write_unsigned(out, run_payloads(run)))
+    except OSError:
+        files = ()
+    return ev.SignedEvidence(files, signer.describe(), error)
 
 
 def _evidence(st: StepState, out: Path, events: EventLog) -> StepEvidence:

@@ -5,9 +5,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import docker
+import requests
+import urllib3
 from docker.errors import DockerException
 
 from sbx.errors import EnvironmentFailure
+
+# What docker-py lets through when the engine's socket goes away mid-call: requests'
+# connection errors (refused, reset, missing socket file), a stream cut half-way, and
+# the OS error underneath when the connection dies between requests.
+UNREACHABLE: tuple[type[BaseException], ...] = (
+    requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+    urllib3.exceptions.ProtocolError, ConnectionError)
+# Every error a best-effort Docker call (clean-up, diagnostics) may swallow.
+ENGINE_ERRORS: tuple[type[BaseException], ...] = (DockerException, *UNREACHABLE)
+
+
+class EngineUnreachable(EnvironmentFailure):
+    """The Docker engine stopped answering during the run (exit 3)."""
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when `exc` means the engine itself is gone, not that a call was refused."""
+    return isinstance(exc, UNREACHABLE)
+
+
+def lost(exc: BaseException) -> EngineUnreachable:
+    """The one line for an engine that went away mid-run."""
+    return EngineUnreachable(
+        f"the Docker engine stopped answering ({_short(exc)}): the run could not finish; "
+        "once dockerd is back, `sbx gc` removes what the run left")
 
 
 @dataclass(frozen=True)

@@ -12,19 +12,21 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import docker
-from docker.errors import APIError, DockerException, NotFound
+from docker.errors import APIError, NotFound
 
 from sbx.errors import EnvironmentFailure, SbxError
 from sbx.sandbox import labels as L
 from sbx.sandbox.archive import ArchiveError, OutputFile, pack_inputs, unpack_output
 from sbx.sandbox.config import ProbeResult, SandboxFacts, SandboxOptions, StepConfig
+from sbx.sandbox.engine import ENGINE_ERRORS, is_unreachable
 from sbx.sandbox.network import (
     STEP_POOL,
     StepNetwork,
@@ -39,6 +41,10 @@ RELAY_PORT, DNS_UDP_PORT, DNS_TCP_PORT, NFLOG_GROUP = 15001, 15353, 15354, 7
 RUNTIME_LIMITS: dict[str, Any] = {"mem_limit": 96 * 1024 * 1024, "pids_limit": 256}
 STEP_SECURITY_OPT = ("no-new-privileges:true",)
 NOBODY = "65534:65534"
+# A step's own output kept in logs/<step>.log; the rest is drained and counted, not kept.
+LOG_LIMIT = 64 * 1024 * 1024
+LOG_TRUNCATED = (b"\n[sbx: log truncated: only the first 64 MiB of the step's output are "
+                 b"kept; run.json's step `log` counts what was dropped]\n")
 
 
 class SandboxFailure(SbxError):
@@ -71,8 +77,30 @@ class Sandbox:
         self._ready = {role: threading.Event() for role in ("gateway", "agent")}
         self._failed: dict[str, str] = {}
         self._followers: list[threading.Thread] = []
-        self._closed = False
+        self._closed = False  # the runtime is being stopped (stop())
+        self._removed = False  # the objects are being removed (close())
         self.faults: list[str] = []
+        self.log_stats: dict[str, Any] = {"bytes": 0, "truncated": False, "dropped_bytes": 0}
+        self._log_writer: threading.Thread | None = None
+        # Seconds per phase of this sandbox's life, for run.json and `make bench`.
+        self.timings: dict[str, float] = {}
+        self._last_event = {"gateway": 0.0, "agent": 0.0}  # monotonic time of the last line
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the wall time of the block to `timings[phase]`, even when it raises."""
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self._add_time(phase, began)
+
+    def _add_time(self, phase: str, began: float) -> float:
+        """Add the time since `began` (monotonic) to `phase`; returns now."""
+        now = time.monotonic()
+        with self._lock:
+            self.timings[phase] = round(self.timings.get(phase, 0.0) + now - began, 4)
+        return now
 
     # -- objects ---------------------------------------------------------------------------
     def _labels(self, role: str) -> dict[str, str]:
@@ -99,13 +127,14 @@ class Sandbox:
 
     def prepare(self) -> None:
         """Create the network, then the gateway and agent at once; wait until both are ready."""
-        egress = self.options.egress_network
-        if egress is None:
-            egress = self._name("egress")
-            create_egress_network(self.client, egress, self._labels("network"))
-        self.egress_network = egress
-        net = create_step_network(self.client, self._name("net"), self._labels("network"))
-        self.network = net
+        with self.timed("network"):
+            egress = self.options.egress_network
+            if egress is None:
+                egress = self._name("egress")
+                create_egress_network(self.client, egress, self._labels("network"))
+            self.egress_network = egress
+            net = create_step_network(self.client, self._name("net"), self._labels("network"))
+            self.network = net
         policy = self.step.policy
         relay_token = secrets.token_hex(16)
         gw_cfg = {"step": self.step.name, "policy": policy.to_dict(), "listen_ip": net.gateway_ip,
@@ -144,38 +173,53 @@ class Sandbox:
                     sysctls={"net.ipv6.conf.all.disable_ipv6": "0"}))
             self._start("agent", cid)
 
-        with ThreadPoolExecutor(max_workers=2) as pool:
+        with self.timed("runtime_start"), ThreadPoolExecutor(max_workers=2) as pool:
             futures = [pool.submit(gateway), pool.submit(agent)]
             for future in futures:
                 future.result()
-        deadline = time.monotonic() + self.options.ready_timeout
-        for role, ready in self._ready.items():
-            while not ready.wait(0.05):
-                if role in self._failed:
-                    raise SandboxFailure(f"the {role} failed to start: {self._failed[role]}")
-                if time.monotonic() > deadline:
-                    raise SandboxFailure(f"the {role} was not ready within "
-                                         f"{self.options.ready_timeout:.0f} s")
+        with self.timed("runtime_ready"):
+            deadline = time.monotonic() + self.options.ready_timeout
+            for role, ready in self._ready.items():
+                while not ready.wait(0.05):
+                    if role in self._failed:
+                        raise SandboxFailure(f"the {role} failed to start: {self._failed[role]}")
+                    if time.monotonic() > deadline:
+                        raise SandboxFailure(f"the {role} was not ready within "
+                                             f"{self.options.ready_timeout:.0f} s")
 
     def _start(self, role: str, cid: str) -> None:
         try:
+            # Attached before it starts: see `_attach`.
+            output = self._attach(cid, stderr=False)
             self.api.start(cid)
         except APIError as exc:
             raise EnvironmentFailure(f"cannot start the {role}: {exc.explanation}") from None
-        follower = threading.Thread(target=self._follow, args=(role, cid), daemon=True)
+        follower = threading.Thread(target=self._follow, args=(role, cid, output), daemon=True)
         follower.start()
         self._followers.append(follower)
 
-    def _follow(self, role: str, cid: str) -> None:
+    def _attach(self, cid: str, stderr: bool) -> Iterator[bytes]:
+        """The container's live output, attached before it starts.
+
+        Not `logs(follow=True)`: that reads the engine's log files, and an engine
+        that rotates them (log-opts max-size, as here) silently skips whatever was
+        rotated away before the reader got to it: a flood could hide what follows.
+        An attached stream gets every byte, with backpressure.
+        """
+        stream: Iterator[bytes] = self.api.attach(cid, stdout=True, stderr=stderr, stream=True,
+                                                  logs=True)
+        return stream
+
+    def _follow(self, role: str, cid: str, output: Iterator[bytes]) -> None:
         """Turn the runtime's standard output into events as they happen."""
         buf = b""
         try:
-            for chunk in self.api.logs(cid, stream=True, follow=True, stdout=True, stderr=False):
+            for chunk in output:
                 buf += chunk
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     self._on_line(role, line)
-        except DockerException:
+        except ENGINE_ERRORS:  # the engine went away: the run notices on its next call
             pass
         if role in self._ready and not self._ready[role].is_set():
             self._failed.setdefault(role, "exited before it was ready")
@@ -185,7 +229,7 @@ class Sandbox:
     def _crashed(self, role: str, cid: str) -> None:
         try:
             state = self.api.inspect_container(cid)["State"]
-        except DockerException:
+        except ENGINE_ERRORS:
             return
         if state.get("Running") or self._closed:
             return
@@ -196,6 +240,7 @@ class Sandbox:
                        "reason": fault, "source": "sbx"})
 
     def _on_line(self, role: str, line: bytes) -> None:
+        self._last_event[role] = time.monotonic()
         try:
             event = json.loads(line)
         except ValueError:
@@ -275,6 +320,7 @@ class Sandbox:
             env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1"
         env.update(dict(step.secrets))
         uid, gid = _numeric_user(step.user)
+        began = time.monotonic()
         mounts = []
         if step.read_only_rootfs:
             vol = self.api.create_volume(name=self._name("work"), labels=self._labels("volume"))
@@ -290,13 +336,17 @@ class Sandbox:
                 nano_cpus=int(step.limits.cpus * 1e9), ipc_mode="private", init=True,
                 tmpfs={p: "rw,nosuid,nodev,size=268435456" for p in step.tmpfs},
                 mounts=mounts))
+        began = self._add_time("step_create", began)
         if step.read_only_rootfs:
             archive = pack_inputs(step.inputs, ".", uid, gid)
             self.api.put_archive(cid, step.workdir, archive)
         else:
             self.api.put_archive(cid, "/", pack_inputs(step.inputs, step.workdir, uid, gid))
+        began = self._add_time("copy_in", began)
+        output = self._attach(cid, stderr=True)
         self.api.start(cid)
-        writer = threading.Thread(target=self._write_log, args=(cid, log_path, mask), daemon=True)
+        writer = threading.Thread(target=self._write_log, args=(output, log_path, mask),
+                                  daemon=True)
         writer.start()
         status = "succeeded"
         try:
@@ -308,16 +358,42 @@ class Sandbox:
             self.api.wait(cid, timeout=30)
             status, code = "timeout", None
         writer.join(timeout=10)
+        self._log_writer = writer
+        self._add_time("step", began)
         if status == "succeeded" and code != 0:
             status = "failed"
         return status, code
 
-    def _write_log(self, cid: str, path: Path, mask: Callable[[bytes], bytes]) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("ab") as fh:
-            for chunk in self.api.logs(cid, stream=True, follow=True, stdout=True, stderr=True):
-                fh.write(mask(chunk))
-                fh.flush()
+    def _write_log(self, output: Iterator[bytes], path: Path,
+                   mask: Callable[[bytes], bytes]) -> None:
+        """Stream the step's output to `path`, masked, keeping at most LOG_LIMIT bytes.
+
+        Beyond the limit the stream is still drained (so the step never blocks on a
+        full pipe) but only counted: a step that floods its output cannot fill the
+        run directory. The cut is marked in the file and counted in `log_stats`.
+        """
+        stats = self.log_stats
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("ab") as fh:
+                for chunk in output:
+                    if stats["truncated"]:
+                        stats["dropped_bytes"] += len(chunk)
+                        continue
+                    data = mask(chunk)
+                    room = LOG_LIMIT - stats["bytes"]
+                    if len(data) > room:
+                        stats["truncated"] = True
+                        stats["dropped_bytes"] += len(data) - room
+                        data = data[:room] + LOG_TRUNCATED
+                    fh.write(data)
+                    fh.flush()
+                    stats["bytes"] += min(len(data), room)
+        except ENGINE_ERRORS:
+            pass  # the engine went away: run_step's wait reports it
+        except OSError as exc:  # the run directory is full or gone: say so in run.json
+            self.faults.append(f"the step's log could not be written to {path}: "
+                               f"{exc.strerror or exc}")
 
     def collect_outputs(self, dest: Path) -> list[OutputFile]:
         """Copy the declared outputs out of the stopped step container."""
@@ -329,14 +405,43 @@ class Sandbox:
         used = [0, 0]
         for rel in self.step.outputs:
             path = f"{self.step.workdir.rstrip('/')}/{rel.rstrip('/')}"
+            response = self._archive(cid, path, rel)
             try:
-                chunks, stat = self.api.get_archive(cid, path)
-            except NotFound:
-                raise ArchiveError(f"output {rel} was not produced") from None
-            if stat.get("linkTarget"):
-                raise ArchiveError(f"output {rel} is a link to {stat['linkTarget']}: refused")
-            found += unpack_output(iter(chunks), rel, dest, self.options.output_limits, used)
+                stat = docker.utils.decode_json_header(
+                    response.headers.get("x-docker-container-path-stat") or "e30=")
+                if stat.get("linkTarget"):
+                    raise ArchiveError(f"output {rel} is a link to {stat['linkTarget']}: refused")
+                found += unpack_output(iter(response.iter_content(1 << 20, False)), rel, dest,
+                                       self.options.output_limits, used)
+            finally:
+                # A refusal or a full disk stops reading mid-stream. The engine holds the
+                # container's lock until it has written the whole archive, so an unread
+                # stream would hang every later call on the container (inspect, remove):
+                # close the connection instead.
+                response.close()
         return found
+
+    def _archive(self, cid: str, path: str, rel: str) -> Any:
+        """GET the archive of `path` as a streamed response the caller must close.
+
+        docker-py's get_archive hides the response behind a generator that cannot
+        close it, hence the same request made here.
+        """
+        response = self.api._get(self.api._url("/containers/{0}/archive", cid),
+                                 params={"path": path}, stream=True,
+                                 headers={"Accept-Encoding": "identity"})
+        try:
+            self.api._raise_for_status(response)
+        except NotFound:
+            response.close()
+            raise ArchiveError(f"output {rel} was not produced") from None
+        except BaseException:
+            response.close()
+            raise
+        # As docker-py does for raw streams: a big output may pause longer than the
+        # client's timeout between chunks.
+        self.api._disable_socket_timeout(self.api._get_raw_response_socket(response))
+        return response
 
     def image_digest(self) -> str:
         """The step image's id (content digest) as the engine knows it."""
@@ -388,32 +493,78 @@ class Sandbox:
             return
         try:
             text = self.api.logs(cid, stdout=False, stderr=True)
-        except DockerException:
+        except ENGINE_ERRORS:
             return
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        (self.log_dir / f"{self.step.name}.{role}.log").write_bytes(text)
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            (self.log_dir / f"{self.step.name}.{role}.log").write_bytes(text[-LOG_LIMIT:])
+        except OSError:
+            pass  # diagnostics only; a full run directory is reported by the records
 
-    def close(self) -> None:
-        """Remove every object of this sandbox; safe to call twice and after any failure."""
-        if self._closed:
+    def stop(self) -> None:
+        """Stop the gateway and agent once their last events are in; the objects stay
+        until `close()`. After this every decision of the step is recorded, so its
+        verdict can be given while the objects are still being removed. Safe to repeat."""
+        if self._closed:  # also tells the followers the exit is on purpose, not a crash
             return
         self._closed = True
-        gateway = self.containers.get("gateway")
-        if gateway:
-            try:  # SIGTERM lets the gateway report the bytes of flows still open
-                self.api.stop(gateway, timeout=2)
-            except DockerException:
-                pass
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(self._stop_runtime, ("gateway", "agent")))
+        # Both have exited, so their log streams end: this waits only for the last lines.
         for follower in self._followers:
             follower.join(timeout=3)
         for role in ("gateway", "agent"):
             self._save_runtime_log(role)
-        for role in ("step", "probe", "agent", "gateway"):
+
+    def close(self) -> None:
+        """Remove every object of this sandbox; safe to call twice and after any failure."""
+        if self._removed:
+            return
+        self._removed = True
+        self.stop()
+
+        def remove(role: str) -> None:
             try:
                 self._remove(role)
-            except DockerException as exc:
-                self.faults.append(f"could not remove the {role}: {exc}")
-        remove_by_label(self.client, {L.RUN: self.run_id, L.STEP: self.step.name})
+            except ENGINE_ERRORS as exc:
+                if not is_unreachable(exc):
+                    self.faults.append(f"could not remove the {role}: {exc}")
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(remove, ("step", "probe", "agent", "gateway")))
+        try:
+            remove_by_label(self.client, {L.RUN: self.run_id, L.STEP: self.step.name})
+        except ENGINE_ERRORS as exc:
+            if not is_unreachable(exc):
+                raise
+            self.faults.append("the Docker engine stopped answering: this sandbox's objects "
+                               "are left for `sbx gc`")
+        writer = self._log_writer
+        if writer is not None:  # its stream ended with the container: the last bytes land
+            writer.join(timeout=5)
+
+    def _quiesce(self, role: str, quiet: float = 0.2, limit: float = 2.0) -> None:
+        """Give the role's last decisions (a NFLOG denial read just as the step ended)
+        time to arrive: wait until nothing came from it for `quiet` seconds since the call."""
+        began = time.monotonic()
+        while (now := time.monotonic()) < began + limit:
+            if now - max(self._last_event[role], began) >= quiet:
+                return
+            time.sleep(0.02)
+
+    def _stop_runtime(self, role: str) -> None:
+        cid = self.containers.get(role)
+        if cid is None:
+            return
+        try:
+            if role == "gateway":  # SIGTERM lets the gateway report the bytes of open flows
+                self.api.stop(cid, timeout=2)
+            else:  # the agent writes each event as it happens: nothing is left to flush
+                if self._followers:
+                    self._quiesce("agent")
+                self.api.kill(cid)
+        except ENGINE_ERRORS:
+            pass
 
 
 def remove_by_label(client: docker.DockerClient, match: dict[str, str]) -> list[str]:

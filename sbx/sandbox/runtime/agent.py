@@ -68,6 +68,15 @@ def rules_v4(cfg: dict[str, Any]) -> str:
         f"-A OUTPUT -d {gw}/32 -p udp --dport 53 -j ACCEPT",
         f"-A OUTPUT {log_rule}",
         "COMMIT",
+        # A socket bound to eth0 (SO_BINDTODEVICE, no privilege needed) keeps its device
+        # after the REDIRECT above: its packet, now addressed to 127.0.0.1, would leave
+        # on eth0 and be dropped beyond the namespace with no record (measured). Only
+        # here, after rerouting, is that visible: log it and drop it.
+        "*mangle",
+        f"-A POSTROUTING ! -o lo -d 127.0.0.0/8 -j NFLOG --nflog-group {group} "
+        "--nflog-prefix bound -m limit --limit 200/second --limit-burst 400",
+        "-A POSTROUTING ! -o lo -d 127.0.0.0/8 -j DROP",
+        "COMMIT",
         "",
     ])
 
@@ -240,9 +249,14 @@ class Agent:
                 continue
             for p in packets:
                 kind = p.protocol if p.family == socket.AF_INET else "ipv6"
+                reason = "dropped by the sandbox firewall"
+                if p.prefix == "bound":
+                    # Logged after the REDIRECT: the address is the relay's, not the target's.
+                    reason = ("a connection bound to a device (SO_BINDTODEVICE) bypassed the "
+                              "relay; dropped (the destination is the relay's address)")
                 emit(kind, step=self.step, dst_ip=p.dst_ip, dst_port=p.dst_port,
                      protocol=p.protocol, verdict="denied", source="agent", violation=True,
-                     reason="dropped by the sandbox firewall", bytes_out=p.length)
+                     reason=reason, bytes_out=p.length)
 
 
 def _accept_loop(server: socket.socket, handler: Any) -> None:

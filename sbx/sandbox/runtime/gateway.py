@@ -139,6 +139,14 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
         qname = str(request.q.qname)
         qtype = QTYPE.get(request.q.qtype, str(request.q.qtype))
         client = handler.client_address[0]
+        if len(request.questions) != 1:
+            # Resolvers answer one question; the others would ride along unrecorded.
+            reply = request.reply()
+            reply.header.rcode = RCODE.FORMERR
+            emit("dns", step=self.gate.step, name=qname[:255], qtype=qtype, verdict="denied",
+                 reason=f"{len(request.questions)} questions in one query", src_ip=client,
+                 violation=True)
+            return reply
         try:
             name = normalize_name(qname)
         except PolicyError as exc:
@@ -155,6 +163,7 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
                  reason="no rule allows this name", src_ip=client, violation=True)
             return reply
         answers: list[str] = []
+        withheld: list[str] = []
         if qtype in ("A", "AAAA"):
             family = socket.AF_INET if qtype == "A" else socket.AF_INET6
             try:
@@ -163,6 +172,7 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
                 found = []
             for ip in found:
                 if self.gate._blocked_address(ip, None):
+                    withheld.append(ip)
                     continue
                 answers.append(ip)
                 rdata = A(ip) if qtype == "A" else AAAA(ip)
@@ -172,13 +182,37 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
                         self.gate.answered[ip] = name
             if not found:
                 reply.header.rcode = RCODE.NXDOMAIN
+        if withheld and not answers:
+            # An allowed name that points inside (DNS rebinding): the same verdict the
+            # proxy gives it, so the attempt is on record as denied, not as an empty answer.
+            emit("dns", step=self.gate.step, name=name, qtype=qtype, verdict="denied",
+                 reason=f"{name} resolves only to internal addresses {withheld}",
+                 answers=[], withheld=withheld, src_ip=client, violation=True,
+                 **_rule_fields(rule))
+            return reply
         emit("dns", step=self.gate.step, name=name, qtype=qtype,
              verdict="audit" if audit else "allowed", answers=answers, src_ip=client,
-             violation=audit or None, **_rule_fields(rule))
+             withheld=withheld or None, violation=audit or None, **_rule_fields(rule))
         return reply
 
 
 class _QuietLogger:
+    """dnslib's logger: silent, except that a message it cannot parse becomes an event.
+
+    Every datagram or TCP stream to port 53, whatever its destination, ends up
+    here; one that is not DNS (a tunnel, a covert channel) is dropped by dnslib
+    and would otherwise leave no record.
+    """
+
+    def __init__(self, step: str) -> None:
+        self.step = step
+
+    def log_error(self, handler: Any, error: Any) -> None:
+        emit("dns", step=self.step, verdict="denied",
+             reason=f"malformed DNS message: {str(error)[:120]}",
+             src_ip=handler.client_address[0], protocol=getattr(handler, "protocol", None),
+             violation=True)
+
     def __getattr__(self, _name: str) -> Any:
         return lambda *args, **kwargs: None
 
@@ -364,8 +398,9 @@ def main() -> None:
     proxy.flows_lock = threading.Lock()
     resolver = _Resolver(gate)
     dns_port = int(config.get("dns_port", 53))
-    servers = [DNSServer(resolver, address=listen, port=dns_port, logger=_QuietLogger()),
-               DNSServer(resolver, address=listen, port=dns_port, tcp=True, logger=_QuietLogger())]
+    quiet = _QuietLogger(gate.step)
+    servers = [DNSServer(resolver, address=listen, port=dns_port, logger=quiet),
+               DNSServer(resolver, address=listen, port=dns_port, tcp=True, logger=quiet)]
 
     def stop(_signum: int, _frame: Any) -> None:
         with proxy.flows_lock:

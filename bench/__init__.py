@@ -1,0 +1,1 @@
+"""sbx's benchmarks: `make bench` (quick, checks nothing about speed), `make bench-full`."""

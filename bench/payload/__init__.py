@@ -1,0 +1,1 @@
+"""Scripts that run inside containers during the benchmarks (standard library only)."""

@@ -1,0 +1,45 @@
+"""Download a generated body REPS times and print the rates as one JSON line.
+
+Timed inside the container, so container start and sandbox set-up are not counted:
+from before the connection to the last byte. Usage: download.py HOST PORT SIZE REPS
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import time
+
+
+def fetch(host: str, port: int, size: int) -> float:
+    """Seconds to fetch /bytes/SIZE over a new connection, checking the length."""
+    buf = bytearray(1 << 20)
+    began = time.perf_counter()
+    with socket.create_connection((host, port), timeout=60) as s:
+        s.sendall(f"GET /bytes/{size} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = s.recv(4096)
+            if not chunk:
+                raise SystemExit(f"closed before the response head: {head!r}")
+            head += chunk
+        got = len(head.partition(b"\r\n\r\n")[2])
+        while got < size:
+            n = s.recv_into(buf)
+            if n == 0:
+                raise SystemExit(f"closed after {got} of {size} bytes")
+            got += n
+    return time.perf_counter() - began
+
+
+def main() -> None:
+    """Print {"seconds": [...], "mb_per_s": [...]} for REPS downloads."""
+    host, port, size, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+    seconds = [fetch(host, port, size) for _ in range(reps)]
+    print(json.dumps({"bench": "download", "size": size, "seconds": seconds,
+                      "mb_per_s": [size / s / 1e6 for s in seconds]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

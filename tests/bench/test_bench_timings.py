@@ -1,0 +1,42 @@
+"""run.json's per-step `timings`: every phase of a step's sandbox is there and sane.
+
+What the numbers are is the benchmark's business (`make bench`); this only checks
+that the record has them, so the phase breakdown cannot silently disappear.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from sbx.sandbox.sandbox import Sandbox
+
+PHASES = ("image", "network", "runtime_start", "runtime_ready", "peers_wait", "probes",
+          "settle", "needs_wait", "step_create", "copy_in", "step", "copy_out", "facts", "stop",
+          "cleanup")
+
+
+@pytest.mark.docker
+def test_a_step_records_the_time_of_every_phase(run_step: Any) -> None:
+    run = run_step({"name": "timed", "image": "sbx-step:bookworm",
+                    "run": "echo hi > out.txt", "outputs": ["out.txt"]})
+    assert run.step["status"] == "succeeded"
+    timings = run.step["timings"]
+    assert set(PHASES) <= set(timings), sorted(timings)
+    assert all(isinstance(v, float) and v >= 0 for v in timings.values()), timings
+    # Phases are parts of the step's life: together no longer than it lasted.
+    assert sum(timings.values()) < 600
+
+
+def test_timed_adds_up_and_counts_a_block_that_raises() -> None:
+    sandbox = Sandbox.__new__(Sandbox)  # no engine needed for the bookkeeping
+    sandbox.timings = {}
+    sandbox._lock = threading.Lock()
+    with sandbox.timed("phase"):
+        pass
+    with pytest.raises(RuntimeError), sandbox.timed("phase"):
+        raise RuntimeError("boom")
+    assert set(sandbox.timings) == {"phase"}
+    assert sandbox.timings["phase"] >= 0

@@ -1,0 +1,56 @@
+"""Egress bypass from inside a step: raw IPs, ignored proxy variables, UDP and QUIC,
+ICMP, IPv6, TLS without SNI, SNI/Host/CONNECT mismatches, an allowed name that
+resolves to an internal address. Each attempt is blocked (the canaries saw nothing,
+the step got nothing back) and recorded (a matching event in its time window)."""
+
+from __future__ import annotations
+
+import docker
+import pytest
+
+from tests.conftest import Internet
+from tests.redteam import netattacks as na
+from tests.redteam.batches import Batch, lan_batch, net_batch
+
+pytestmark = pytest.mark.docker
+
+DUMMY = ("198.18.0.10", "198.18.0.20")
+NAMES = [n.name for n in na.egress(*DUMMY)]
+LAN_NAMES = [n.name for n in na.internal("10.99.0.20", "10.99.0.1") if n.name.startswith("egress/")]
+COVERS = frozenset(NAMES + LAN_NAMES)
+
+
+@pytest.fixture
+def batch(internet: Internet, docker_client: docker.DockerClient, sbx_images: tuple[str, str],
+          tmp_path_factory: pytest.TempPathFactory) -> Batch:
+    return net_batch(internet, docker_client, sbx_images[1], tmp_path_factory)
+
+
+@pytest.fixture
+def lan(docker_client: docker.DockerClient, sbx_images: tuple[str, str],
+        tmp_path_factory: pytest.TempPathFactory) -> Batch:
+    return lan_batch(docker_client, sbx_images[1], tmp_path_factory)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_egress_attack_is_blocked_and_recorded(batch: Batch, name: str) -> None:
+    assert batch.judge(name) == []
+
+
+def test_no_egress_attack_reached_a_canary(batch: Batch) -> None:
+    assert batch.sink_seen == [], "a packet reached the sink"
+    assert batch.other_hits == [], "a request reached other.sbx.test"
+    # The redirected attempts reached web.sbx.test and nothing the step named instead.
+    assert {h["path"] for h in batch.web_hits} >= {"/inner-sni", "/dup"}
+    # Enforce mode: the step's command finished, the run failed on its denied flows.
+    assert batch.run.step("netbatch")["exit_code"] == 0
+    assert batch.run.result.exit_code == 1
+
+
+@pytest.mark.parametrize("name", LAN_NAMES)
+def test_allowed_name_resolving_to_an_internal_address_is_refused(lan: Batch, name: str) -> None:
+    assert lan.judge(name) == []
+
+
+def test_internal_address_of_an_allowed_name_never_reached(lan: Batch) -> None:
+    assert lan.sink_seen == [], f"a packet reached the internal canary: {lan.sink_seen}"

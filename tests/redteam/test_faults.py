@@ -1,0 +1,453 @@
+"""Faults injected into real runs: the engine, the runtime containers, signals, the disk
+and floods. After each: no Docker object of the run is left (or `sbx gc` removes them
+once the engine is back), run.json says what happened, and what was signed verifies."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import docker
+import psutil
+import pytest
+
+import tests.pipelines.test_run_faults as pipeline_faults
+from sbx.attest.signing.interface import Payload, Signed, Signer, SignerKind
+from sbx.attest.signing.local import KeyPair
+from sbx.errors import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK
+from sbx.pipelines import evidence as ev
+from sbx.pipelines.cli import main
+from sbx.sandbox.sandbox import LOG_LIMIT
+from tests.conftest import Internet, only_step
+from tests.redteam.faults_support import (
+    EngineRelay,
+    assert_evidence_intact,
+    failed_checks,
+    read_record,
+    run_objects,
+    sbx_containers,
+    spawn_sbx,
+    step_status,
+    tmpfs,
+    wait_for,
+    write_spec,
+)
+
+pytestmark = pytest.mark.docker
+IMAGE = "sbx-step:bookworm"
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Phases a run passes through, in order. `running` is injected by
+# tests/pipelines/test_run_faults.py; the others here.
+PHASES = ("preparing", "probing", "running", "copying outputs", "signing")
+
+# Every fault the red-team suite injects, and the test that injects it.
+FAULTS: tuple[str, ...] = (
+    "gateway killed mid-step",
+    "agent killed mid-step",
+    "sbx killed (SIGKILL), then sbx gc",
+    "engine unreachable at start",
+    "engine unreachable while preparing",
+    "engine unreachable while running",
+    *(f"{s.name} while {p}" for s in SIGNALS for p in PHASES),
+    "run directory fills up while copying outputs",
+    "run directory full from the start",
+    "step floods its output (long lines, many lines, 160 MB)",
+    "step floods denied flows (events and alerts)",
+)
+COVERED_BY: dict[str, str] = {
+    "gateway killed mid-step":
+        "test_run_faults.test_crashed_gateway_leaves_no_egress_and_the_run_says_so",
+    "agent killed mid-step": "test_killed_agent_leaves_no_egress_and_the_run_says_so",
+    "sbx killed (SIGKILL), then sbx gc": "test_run_faults.test_gc_removes_what_a_killed_run_left",
+    "engine unreachable at start": "test_engine_unreachable_at_start",
+    "engine unreachable while preparing": "test_engine_lost_mid_run",
+    "engine unreachable while running": "test_engine_lost_mid_run",
+    **{f"{s.name} while running":
+       "test_run_faults.test_interrupt_removes_every_object_and_records_the_interruption"
+       for s in SIGNALS},
+    **{f"{s.name} while {p}": "test_signal_in_phase"
+       for s in SIGNALS for p in ("preparing", "probing", "copying outputs")},
+    **{f"{s.name} while signing": "test_signal_while_signing" for s in SIGNALS},
+    "run directory fills up while copying outputs": "test_run_directory_fills_up",
+    "run directory full from the start": "test_run_directory_full_from_the_start",
+    "step floods its output (long lines, many lines, 160 MB)": "test_output_flood_is_capped",
+    "step floods denied flows (events and alerts)": "test_denied_flood_completes",
+}
+
+
+def fault_count() -> int:
+    """Faults injected by the suite (the README's security section quotes it)."""
+    return len(FAULTS)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_every_fault_is_injected_by_a_test(fault: str) -> None:
+    target = COVERED_BY[fault]
+    module, _, name = target.rpartition(".")
+    owner = pipeline_faults if module == "test_run_faults" else globals()
+    assert callable(getattr(owner, name, None) if module else owner.get(name)), target
+
+
+# -- the runtime containers --------------------------------------------------------------
+def test_killed_agent_leaves_no_egress_and_the_run_says_so(
+        run_step: Any, internet: Internet, docker_client: docker.DockerClient,
+        signing_key: KeyPair) -> None:
+    script = """
+mkdir -p out
+curl -fsS http://web.sbx.test:8080/before > out/before.json
+touch /tmp/first-done
+sleep 4
+curl -sS --max-time 5 http://web.sbx.test:8080/after > out/after.json 2> out/after.err \
+  || echo failed > out/after.status
+"""
+    killed: list[float] = []
+
+    def kill_agent() -> None:
+        step = wait_for(lambda: sbx_containers(docker_client, "step", "agentkill"))[0]
+        time.sleep(2)
+        agent = sbx_containers(docker_client, "agent", "agentkill")[0]
+        assert agent["Labels"]["sbx.run"] == step["Labels"]["sbx.run"]
+        docker_client.api.kill(agent["Id"])
+        killed.append(time.time())
+
+    killer = threading.Thread(target=kill_agent)
+    killer.start()
+    run = run_step({"name": "agentkill", "image": IMAGE, "run": script, "outputs": ["out/"],
+                    "egress": {"allow": ["web.sbx.test:8080"]}})
+    killer.join()
+    assert killed
+    assert json.loads(run.output("out/before.json").splitlines()[0])["server"] == "web"
+    assert run.output("out/after.status").strip() == "failed"
+    # The canary saw the first request and nothing from the step after the kill.
+    paths = [h.get("path") for h in internet.web.hits(run.started)]
+    assert "/before" in paths and "/after" not in paths
+    assert not any(h.get("path") == "/after" for h in internet.other.hits(run.started))
+    step = run.step
+    assert run.result.exit_code == 1 and step["status"] == "failed"
+    assert any("agent exited during the step" in f for f in step["faults"]), step["faults"]
+    assert "agent" in step["reason"]
+    assert any(e.get("kind") == "agent" and e.get("phase") == "crashed" for e in run.events)
+    assert_evidence_intact(run.out, signing_key)
+
+
+# -- the Docker engine -------------------------------------------------------------------
+def test_engine_unreachable_at_start(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "ws", {"name": "noengine", "image": IMAGE, "run": "true"})
+    out = tmp_path / "run"
+    proc = spawn_sbx(["run", str(spec), "--out", str(out), "--quiet"],
+                     {"DOCKER_HOST": "unix:///nonexistent.sock"})
+    _, err = proc.communicate(timeout=60)
+    text = err.decode()
+    assert proc.returncode == EXIT_ENVIRONMENT, text
+    assert text.count("\n") == 1 and "Traceback" not in text
+    assert "no Docker engine answers" in text and "DOCKER_HOST" in text
+    assert not out.exists(), "nothing is created before the engine answers"
+
+
+@pytest.mark.parametrize("phase", ["preparing", "running"])
+def test_engine_lost_mid_run(tmp_path: Path, internet: Internet, signing_key: KeyPair,
+                             docker_client: docker.DockerClient, phase: str) -> None:
+    relay = EngineRelay(tmp_path / "engine.sock").start()
+    spec = write_spec(tmp_path / "ws", {"name": "lost", "image": IMAGE,
+                                        "run": "echo started; sleep 60"})
+    out = tmp_path / "run"
+    proc = spawn_sbx(["run", str(spec), "--out", str(out), "--quiet",
+                      "--egress-network", internet.network],
+                     {"DOCKER_HOST": relay.docker_host})
+    run_id = ""
+    try:
+        wait_for(lambda: step_status(out, "lost") == phase, what=f"phase {phase}")
+        record = read_record(out)
+        assert record is not None
+        run_id = record["run_id"]
+        if phase == "running":
+            wait_for(lambda: sbx_containers(docker_client, "step", "lost"))
+        relay.cut()
+        began = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = err.decode()
+    assert proc.returncode == EXIT_ENVIRONMENT, text
+    assert text.count("\n") == 1 and "Traceback" not in text, text
+    assert "Docker engine stopped answering" in text and "sbx gc" in text
+    assert took < 30, f"sbx took {took:.0f} s to give up on a vanished engine"
+    record = read_record(out)
+    assert record is not None and record["status"] == "error" and record["ended"]
+    assert "Docker engine stopped answering" in record["reason"]
+    assert f"sbx gc --run {run_id}" in record["leftovers"]
+    step = only_step(record)
+    assert step["status"] == "error" and "Docker engine" in step["reason"]
+    # Signing needs no engine: the Statements of what was seen are signed and verify.
+    assert_evidence_intact(out, signing_key)
+    # The engine is back (the real socket): gc finds and removes everything of the run.
+    assert main(["gc", "--run", run_id]) == EXIT_OK
+    assert run_objects(docker_client, run_id) == []
+
+
+# -- signals -----------------------------------------------------------------------------
+def _copying(out: Path) -> bool:
+    record = read_record(out)
+    if record is None:
+        return False
+    step = only_step(record)
+    # The command has exited (exit code recorded) and the outputs are not out yet.
+    return step["status"] == "running" and step["exit_code"] is not None
+
+
+@pytest.mark.parametrize("phase", ["preparing", "probing", "copying outputs"])
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_signal_in_phase(tmp_path: Path, internet: Internet, signing_key: KeyPair,
+                         docker_client: docker.DockerClient, sig: signal.Signals,
+                         phase: str) -> None:
+    # 256 MiB of output make copying out take a second or more: a wide, real window.
+    run = ("mkdir -p out && head -c 268435456 /dev/zero > out/big"
+           if phase == "copying outputs" else "echo ran > ran.txt")
+    spec = write_spec(tmp_path / "ws", {"name": "sig", "image": IMAGE, "run": run,
+                                        "outputs": ["out/" if phase == "copying outputs"
+                                                    else "ran.txt"]})
+    out = tmp_path / "run"
+    proc = spawn_sbx(["run", str(spec), "--out", str(out), "--quiet",
+                      "--egress-network", internet.network])
+    try:
+        if phase == "copying outputs":
+            wait_for(lambda: _copying(out), interval=0.01, what="copying outputs")
+        else:
+            wait_for(lambda: step_status(out, "sig") == phase, interval=0.01, what=phase)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = err.decode()
+    assert proc.returncode == EXIT_INTERRUPTED, text  # SIGTERM too: see README, exit codes
+    assert "Traceback" not in text
+    record = read_record(out)
+    assert record is not None
+    assert record["interrupted"] is True and record["status"] == "interrupted"
+    assert record["reason"] == f"interrupted by {sig.name} while sig {phase}"
+    step = only_step(record)
+    assert step["status"] == "interrupted" and step["reason"] == f"interrupted while {phase}"
+    # Nothing half-copied is recorded: an output is listed only once it is complete.
+    for o in step["outputs"]:
+        assert (out / "outputs" / "sig" / o["path"]).stat().st_size == o["size"]
+    assert run_objects(docker_client, record["run_id"]) == []
+    # An interrupted run is signed too: everything verifies except "it succeeded".
+    failed = assert_evidence_intact(out, signing_key)
+    assert "steps-succeeded" in failed
+
+
+class _SignalOnSign:
+    """A local signer that gets `sig` from outside after its first signature."""
+
+    def __init__(self, inner: Signer, sig: signal.Signals) -> None:
+        self.inner = inner
+        self.sig = sig
+        self.kind: SignerKind = inner.kind
+        self.calls = 0
+
+    def describe(self) -> str:
+        return self.inner.describe()
+
+    def sign(self, payload: Payload) -> Signed:
+        self.calls += 1
+        if self.calls == 2:
+            os.kill(os.getpid(), self.sig)  # delivered to the main thread, which signs
+            time.sleep(0.5)
+        return self.inner.sign(payload)
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=lambda s: s.name)
+def test_signal_while_signing(tmp_path: Path, internet: Internet, signing_key: KeyPair,
+                              docker_client: docker.DockerClient,
+                              monkeypatch: pytest.MonkeyPatch, sig: signal.Signals) -> None:
+    # The signing phase lasts milliseconds with a local key: the signal is sent from
+    # inside it (a real signal to this process), not raced from outside.
+    real = ev.make_signer
+    monkeypatch.setattr(ev, "make_signer",
+                        lambda *a, **k: _SignalOnSign(real(*a, **k), sig))
+    spec = write_spec(tmp_path / "ws", {"name": "sig", "image": IMAGE, "run": "true"})
+    out = tmp_path / "run"
+    before = signal.getsignal(sig)
+    code = main(["run", str(spec), "--out", str(out), "--quiet",
+                 "--egress-network", internet.network])
+    assert signal.getsignal(sig) == before, "run_file must restore the caller's handlers"
+    assert code == EXIT_INTERRUPTED
+    record = read_record(out)
+    assert record is not None
+    assert record["interrupted"] is True and record["status"] == "interrupted"
+    assert record["reason"] == f"interrupted by {sig.name} while signing the evidence"
+    assert only_step(record)["status"] == "succeeded"  # the step itself was done
+    assert "unsigned" in record["evidence"]["error"]
+    kept = sorted(p.name for p in (out / "attestations").iterdir())
+    assert "provenance.statement.json" in kept and "sig.link.statement.json" in kept
+    assert run_objects(docker_client, record["run_id"]) == []
+
+
+# -- the disk ----------------------------------------------------------------------------
+def test_run_directory_fills_up(tmp_path: Path, internet: Internet, signing_key: KeyPair,
+                                docker_client: docker.DockerClient) -> None:
+    spec = write_spec(tmp_path / "ws", {
+        "name": "full", "image": IMAGE, "outputs": ["out/"],
+        "run": "mkdir -p out && head -c 8388608 /dev/urandom > out/big"})
+    with tmpfs(tmp_path / "small", "2m") as out:
+        proc = spawn_sbx(["run", str(spec), "--out", str(out), "--quiet",
+                          "--egress-network", internet.network])
+        _, err = proc.communicate(timeout=180)
+        text = err.decode()
+        assert proc.returncode == EXIT_ENVIRONMENT, text
+        assert text.count("\n") == 1 and "Traceback" not in text, text
+        assert f"cannot write the run directory {out}" in text
+        assert "No space left on device" in text
+        record = read_record(out)
+        assert record is not None and record["status"] == "error"
+        assert "No space left on device" in record["reason"]
+        step = only_step(record)
+        assert step["status"] == "error" and "partial outputs were removed" in step["reason"]
+        assert not any((out / "outputs" / "full").glob("**/big"))
+        assert run_objects(docker_client, record["run_id"]) == []
+        # The records fit once the partial outputs were dropped: the evidence is signed.
+        assert_evidence_intact(out, signing_key)
+
+
+def test_run_directory_full_from_the_start(tmp_path: Path, internet: Internet,
+                                           docker_client: docker.DockerClient) -> None:
+    spec = write_spec(tmp_path / "ws", {"name": "nospace", "image": IMAGE, "run": "true"})
+    before = {c["Id"] for c in docker_client.api.containers(all=True)}
+    with tmpfs(tmp_path / "small", "64k") as out:
+        fd = os.open(out / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            with pytest.raises(OSError):
+                while True:
+                    os.write(fd, b"\0" * 4096)
+        finally:
+            os.close(fd)
+        proc = spawn_sbx(["run", str(spec), "--out", str(out), "--quiet",
+                          "--egress-network", internet.network])
+        _, err = proc.communicate(timeout=120)
+        text = err.decode()
+        assert proc.returncode == EXIT_ENVIRONMENT, text
+        assert text.count("\n") == 1 and "Traceback" not in text, text
+        assert f"cannot write the run directory {out}" in text
+        assert "No space left on device" in text
+        assert not (out / "run.json").exists()
+    labelled = docker_client.api.containers(all=True, filters={"label": "sbx.step=nospace"})
+    assert labelled == [] and {c["Id"] for c in docker_client.api.containers(all=True)} <= before
+
+
+# -- floods ------------------------------------------------------------------------------
+_FLOOD = r"""
+import sys
+out, err = sys.stdout.buffer, sys.stderr.buffer
+out.write(b"L" * (24 << 20) + b"\n")          # one 24 MiB line
+for _ in range(100):                           # 1.2 M short lines
+    out.write(b"line\n" * 12000)
+chunk = b"E" * (1 << 20)
+for _ in range(128):                           # 128 MiB on stderr, as fast as it goes
+    err.write(chunk)
+out.flush(); err.flush()
+"""
+
+
+def _peak_rss(proc: psutil.Process, stop: threading.Event, peak: list[int]) -> None:
+    while not stop.is_set():
+        try:
+            peak[0] = max(peak[0], proc.memory_info().rss)
+        except psutil.Error:
+            return
+        time.sleep(0.05)
+
+
+def test_output_flood_is_capped(tmp_path: Path, internet: Internet, signing_key: KeyPair,
+                                docker_client: docker.DockerClient) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "flood.py").write_text(_FLOOD)
+    spec = write_spec(ws, {"name": "flood", "image": IMAGE, "inputs": ["flood.py"],
+                           "run": "python3 flood.py"})
+    out = tmp_path / "run"
+    proc = spawn_sbx(["run", str(spec), "--out", str(out), "--quiet",
+                      "--egress-network", internet.network])
+    stop, peak = threading.Event(), [0]
+    watcher = threading.Thread(target=_peak_rss, args=(psutil.Process(proc.pid), stop, peak))
+    watcher.start()
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        stop.set()
+        watcher.join()
+    assert proc.returncode == EXIT_OK, err.decode()
+    # A bound against buffering the flood in memory, not a speed target.
+    assert peak[0] < 300 * 1024 * 1024, f"sbx peaked at {peak[0] >> 20} MiB"
+    log = out / "logs" / "flood.log"
+    size = log.stat().st_size
+    assert LOG_LIMIT <= size <= LOG_LIMIT + 4096
+    assert log.read_bytes()[-300:].rstrip().endswith(b"counts what was dropped]")
+    record = read_record(out)
+    assert record is not None
+    stats = only_step(record)["log"]
+    assert stats["truncated"] is True and stats["bytes"] == LOG_LIMIT
+    # Docker frames the output differently, but every byte is accounted for.
+    total = (24 << 20) + 1 + 100 * 12000 * 5 + 128 * (1 << 20)
+    assert stats["bytes"] + stats["dropped_bytes"] >= total - 4096
+    assert failed_checks(out, signing_key) == {}  # the capped log is what was signed
+    assert run_objects(docker_client, record["run_id"]) == []
+
+
+def test_denied_flood_completes(tmp_path: Path, internet: Internet, signing_key: KeyPair,
+                                docker_client: docker.DockerClient) -> None:
+    flood = (f"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+             f"for i in range(3000):\n"
+             f"    try:\n        s.sendto(b'x', ('{internet.other.ip}', 9000 + i % 50))\n"
+             f"    except OSError:\n        pass\n"
+             f"for i in range(300):\n"
+             f"    c = socket.socket()\n    c.settimeout(2)\n"
+             f"    try:\n        c.connect(('{internet.other.ip}', 8080))\n"
+             f"        c.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); c.recv(10)\n"
+             f"    except OSError:\n        pass\n    c.close()\n")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "flood.py").write_text(flood)
+    spec = write_spec(ws, {"name": "denyflood", "image": IMAGE, "inputs": ["flood.py"],
+                           "run": "python3 flood.py"})
+    out = tmp_path / "run"
+    began, started = time.monotonic(), dt.datetime.now(dt.UTC)
+    # A webhook nobody answers (a closed port on loopback): alerts must not hold the run.
+    proc = spawn_sbx(["run", str(spec), "--out", str(out), "--quiet",
+                      "--egress-network", internet.network,
+                      "--alert-webhook", "http://127.0.0.1:9/hook"])
+    stop, peak = threading.Event(), [0]
+    watcher = threading.Thread(target=_peak_rss, args=(psutil.Process(proc.pid), stop, peak))
+    watcher.start()
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        stop.set()
+        watcher.join()
+    took = time.monotonic() - began
+    assert proc.returncode == 1, err.decode()  # denied egress in enforce mode
+    assert "Traceback" not in err.decode()
+    assert peak[0] < 300 * 1024 * 1024, f"sbx peaked at {peak[0] >> 20} MiB"
+    record = read_record(out)
+    assert record is not None
+    step = only_step(record)
+    assert step["flows"]["denied"] >= 300, step["flows"]
+    assert record["alerts"]["sent"] == 0
+    lines = (out / "events.jsonl").read_text().splitlines()
+    assert len(lines) >= step["flows"]["denied"]
+    assert internet.other.hits(started) == [], "a denied packet reached the canary"
+    assert took < 240
+    failed = failed_checks(out, signing_key)
+    assert set(failed) <= {"steps-succeeded", "isolation.denied-flows"}, failed
+    assert run_objects(docker_client, record["run_id"]) == []

@@ -158,9 +158,11 @@ class Bench:
         record = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
         if proc.returncode != 0:
             self._gc(out)
+            reasons = "; ".join(f"{name}: {step.get('status')}: {step.get('reason')}"
+                                for name, step in record.get("steps", {}).items()
+                                if step.get("status") != "succeeded")
             raise BenchError(f"sbx run {stem} exited {proc.returncode}: "
-                             f"{(proc.stderr or proc.stdout).strip()[-800:]} "
-                             f"(reason: {record.get('reason')})")
+                             f"{(proc.stderr or proc.stdout).strip()[-800:]} ({reasons})")
         return began, ended, record, out
 
     def _gc(self, out: Path) -> None:
@@ -209,8 +211,10 @@ class Bench:
             step = record["steps"]["noop"]
             outer = {
                 "cli start (imports, image check, records)": _epoch(record["started"]) - began,
-                "run teardown (label sweep, records)": _epoch(record["ended"])
-                - _epoch(step["ended"]),
+                # The step's `ended` comes before its sandbox is removed (`cleanup`).
+                "run teardown (label sweep, records)": max(
+                    0.0, _epoch(record["ended"]) - _epoch(step["ended"])
+                    - step["timings"].get("cleanup", 0.0)),
                 "signing, summary, exit": ended - _epoch(record["ended"]),
             }
             for name, value in {**outer, **step["timings"]}.items():

@@ -40,7 +40,20 @@ class SpecError(InputError):
         self.reason = reason
         self.line = line
         where = f"{file}:{line}" if line else file
-        super().__init__(f"{where}: {field}: {reason}" if field else f"{where}: {reason}")
+        super().__init__(one_line(f"{where}: {field}: {reason}" if field else f"{where}: {reason}"))
+
+
+MAX_MESSAGE = 600
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+    """`text` as one bounded line: a hostile file's values (a key with a newline, a
+    900 KB name) must not turn one error line into many or into megabytes."""
+    flat = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if len(flat) <= limit:
+        return flat
+    keep = (limit - 30) // 2
+    return f"{flat[:keep]} ...[{len(flat) - 2 * keep} characters cut]... {flat[-keep:]}"
 
 
 class EnvironmentFailure(SbxError):

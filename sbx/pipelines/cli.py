@@ -26,6 +26,7 @@ from sbx.errors import (
     EXIT_OK,
     InputError,
     SbxError,
+    one_line,
 )
 from sbx.pipelines.loader import load_yaml
 from sbx.pipelines.pipeline_spec import is_pipeline, validate_pipeline
@@ -301,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SbxError as exc:
         if args.verbose:
             traceback.print_exc()
-        print(f"sbx: error: {exc.diagnostics()}", file=sys.stderr)
+        print(f"sbx: error: {one_line(exc.diagnostics(), 1000)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("sbx: interrupted", file=sys.stderr)

@@ -23,6 +23,9 @@ MAX_ALIASES: Final = 64
 MAX_DEPTH: Final = 32
 # Node count after alias expansion; a real spec file has a few hundred.
 MAX_EXPANDED_NODES: Final = 100_000
+# Values written out in the file, counted while parsing: refusing at this count stops
+# the (pure-Python) parser early, so a file under MAX_BYTES costs well under a second.
+MAX_NODES: Final = 20_000
 
 _MERGE_TAG: Final = "tag:yaml.org,2002:merge"
 
@@ -49,6 +52,7 @@ class _GuardedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self.alias_count = 0
         self.depth = 0
+        self.node_count = 0
 
     def next_line(self) -> int:
         """1-based line of the next parser event."""
@@ -56,6 +60,11 @@ class _GuardedLoader(yaml.SafeLoader):
         return int(event.start_mark.line) + 1
 
     def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        self.node_count += 1
+        if self.node_count > MAX_NODES:
+            raise _Refused(
+                f"more than {MAX_NODES} values; a spec file has a few hundred: "
+                "split it or generate less", self.next_line())
         if self.check_event(yaml.AliasEvent):
             self.alias_count += 1
             if self.alias_count > MAX_ALIASES:

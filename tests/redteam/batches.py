@@ -118,7 +118,8 @@ def _net_batch(internet: Internet, client: docker.DockerClient, step_image: str,
     try:
         order = net_order(internet.web.ip, sink.ip, internet.bridge_ip, _host_ip())
         ops = [n.step_op() for n in order]
-        index = next(i for i, n in enumerate(order) if n.name == "egress/raw-ip-after-dns-other-port")
+        index = next(i for i, n in enumerate(order)
+                     if n.name == "egress/raw-ip-after-dns-other-port")
         ops.insert(index, {"name": "_setup-resolve-web", "op": "resolve", "host": na.WEB})
         spec, files = attack_step("netbatch", ops, ["web.sbx.test:8080", "web.sbx.test:8443"],
                                   proxy_env=True)
@@ -220,7 +221,7 @@ def _learn_peer(client: docker.DockerClient, internet: Internet, ws: Path,
         peer: dict[str, Any] = {}
         for c in client.api.containers(filters={"label": ["sbx.step=victim"]}):
             role, run_id = c["Labels"].get("sbx.role"), c["Labels"].get("sbx.run")
-            for net_id, net in c["NetworkSettings"]["Networks"].items():
+            for net in c["NetworkSettings"]["Networks"].values():
                 ip = net.get("IPAddress", "")
                 if role == "gateway" and ip.startswith("10.222."):
                     peer["gateway_ip"] = ip

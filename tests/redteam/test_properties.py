@@ -1,0 +1,145 @@
+"""Property-based tests (hypothesis) for the allowlist matcher and the YAML loader, adding
+to tests/sandbox/test_policy.py: prefix semantics against `ipaddress`, rule round trips,
+and a loader that never fails with anything but its one-line, exit-2 error."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sbx.errors import EXIT_INPUT, SpecError
+from sbx.pipelines.loader import load_yaml
+from sbx.pipelines.spec import validate_step
+from sbx.sandbox.policy import PolicyError, Rule, is_internal, parse_rule
+
+_label = st.from_regex(r"[a-z][a-z0-9]{0,9}", fullmatch=True)
+_name = st.lists(_label, min_size=2, max_size=4).map(".".join)
+_port = st.none() | st.integers(min_value=1, max_value=65535)
+_public_v4 = st.ip_addresses(v=4).filter(lambda a: a.is_global)
+
+
+def _entry(host: str, port: int | None) -> str:
+    return host if port is None else f"{host}:{port}"
+
+
+# -- the allowlist -----------------------------------------------------------------------
+@given(_public_v4, st.integers(min_value=16, max_value=32), _public_v4, _port)
+def test_ip_prefix_rule_matches_exactly_its_network(
+        base: ipaddress.IPv4Address, prefix: int, probe: ipaddress.IPv4Address,
+        port: int | None) -> None:
+    net = ipaddress.ip_network(f"{base}/{prefix}", strict=False)
+    try:
+        rule = parse_rule(_entry(str(net), port))
+    except PolicyError:
+        return  # a refused range (a forbidden overlap) matches nothing by construction
+    assert rule.matches_ip(str(probe), port) == (probe in net)
+    assert rule.matches_ip(str(net.network_address), port)
+
+
+@given(_name, _port)
+def test_rule_round_trips(name: str, port: int | None) -> None:
+    for text in (_entry(name, port), _entry("*." + name, port)):
+        try:
+            rule = parse_rule(text)
+        except PolicyError:
+            continue  # a public suffix, refused
+        again = Rule.from_dict(rule.to_dict())
+        assert again == rule
+        assert parse_rule(rule.text) == rule
+
+
+@given(_name, _label, _port)
+def test_wildcard_needs_a_label_boundary(suffix: str, extra: str, port: int | None) -> None:
+    try:
+        rule = parse_rule(_entry("*." + suffix, port))
+    except PolicyError:
+        return
+    assert rule.matches_name(f"{extra}.{suffix}", port)
+    assert not rule.matches_name(f"{extra}{suffix}", port)  # glued on: not below it
+    assert not rule.matches_name(suffix, port)  # the suffix itself is not below it
+    assert rule.matches_name(f"{extra}.{suffix}".upper() + ".", port)
+
+
+@given(st.ip_addresses())
+def test_internal_addresses_are_never_matched_by_a_name_rule(
+        addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
+    rule = parse_rule("example.org:443")
+    assert not rule.matches_ip(str(addr), 443)
+    if is_internal(str(addr)):
+        assert not parse_rule("203.0.113.0/24").matches_ip(str(addr), None) or \
+            addr in ipaddress.ip_network("203.0.113.0/24")
+
+
+# -- the YAML loader ---------------------------------------------------------------------
+def _load(tmp: Path, data: bytes) -> Any:
+    path = tmp / "doc.yaml"
+    path.write_bytes(data)
+    try:
+        return load_yaml(path)
+    except SpecError as exc:
+        message = exc.diagnostics()
+        assert "\n" not in message and len(message) < 1000
+        assert exc.exit_code == EXIT_INPUT
+        return None
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=2048))
+def test_random_bytes_load_or_give_one_line(tmp_path: Path, data: bytes) -> None:
+    _load(tmp_path, data)  # anything but SpecError fails the test
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet=st.sampled_from(list("ab:-[]{},&*!|>'\"#\n\t ?<%@`")), max_size=400))
+def test_random_yaml_text_loads_or_gives_one_line(tmp_path: Path, text: str) -> None:
+    _load(tmp_path, text.encode())
+
+
+_spec = st.fixed_dictionaries({
+    "name": st.from_regex(r"[a-z0-9][a-z0-9_.-]{0,20}", fullmatch=True),
+    "image": st.sampled_from(["sbx-step:bookworm", "python:3.12-slim"]),
+    "run": st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126),
+                   min_size=1, max_size=40).filter(lambda s: s.strip() != ""),
+}, optional={
+    "env": st.dictionaries(st.from_regex(r"[A-Z][A-Z0-9_]{0,8}", fullmatch=True)
+                           .filter(lambda k: not k.startswith("SBX_")),
+                           st.text(max_size=20), max_size=4),
+    "outputs": st.lists(st.from_regex(r"[a-z]{1,8}/", fullmatch=True), max_size=3,
+                        unique=True),
+    "egress": st.fixed_dictionaries({"mode": st.sampled_from(["enforce", "audit"])}),
+})
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_spec)
+def test_valid_specs_round_trip(tmp_path: Path, spec: dict[str, Any]) -> None:
+    doc = _load(tmp_path, yaml.safe_dump(spec).encode())
+    assert doc is not None and doc.data == spec
+    step = validate_step(doc)
+    assert step.name == spec["name"] and step.image == spec["image"]
+    assert step.env == spec.get("env", {})
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_spec, st.integers(min_value=0), st.binary(min_size=1, max_size=4))
+def test_mutated_spec_loads_or_gives_one_line(tmp_path: Path, spec: dict[str, Any],
+                                              where: int, junk: bytes) -> None:
+    raw = yaml.safe_dump(spec).encode()
+    at = where % len(raw)
+    doc = _load(tmp_path, raw[:at] + junk + raw[at + len(junk):])
+    if doc is None:
+        return  # refused by the loader in one line: fine
+    try:
+        validate_step(doc)
+    except SpecError as exc:
+        assert "\n" not in exc.diagnostics() and exc.exit_code == EXIT_INPUT
+
+
+def property_test_count() -> int:
+    """Property-based tests in this module (the README quotes it)."""
+    return sum(1 for k in globals() if k.startswith("test_"))

@@ -30,6 +30,7 @@ from sbx.sandbox import labels as L
 from sbx.sandbox.sandbox import remove_by_label
 
 IMAGE = images.STEP_IMAGE
+KEEP_FAILED = Path(".sbx/bench-failed")
 MIB = 1 << 20
 # The phases of a no-op `sbx run` in the order they happen (run.json `timings` in the middle).
 PHASES = ("cli start (imports, image check, records)", "image", "network", "runtime_start",
@@ -161,8 +162,11 @@ class Bench:
             reasons = "; ".join(f"{name}: {step.get('status')}: {step.get('reason')}"
                                 for name, step in record.get("steps", {}).items()
                                 if step.get("status") != "succeeded")
+            kept = KEEP_FAILED / f"{time.strftime('%Y%m%dT%H%M%S')}-{ws.name}"
+            shutil.copytree(ws, kept, dirs_exist_ok=True)  # the records, for the diagnosis
             raise BenchError(f"sbx run {stem} exited {proc.returncode}: "
-                             f"{(proc.stderr or proc.stdout).strip()[-800:]} ({reasons})")
+                             f"{(proc.stderr or proc.stdout).strip()[-800:]} ({reasons}); "
+                             f"records kept in {kept}")
         return began, ended, record, out
 
     def _gc(self, out: Path) -> None:

@@ -177,6 +177,8 @@ def test_engine_lost_mid_run(tmp_path: Path, internet: Internet, signing_key: Ke
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if run_id and proc.returncode != EXIT_ENVIRONMENT:  # leave nothing for others
+            main(["gc", "--run", run_id])
     text = err.decode()
     assert proc.returncode == EXIT_ENVIRONMENT, text
     assert text.count("\n") == 1 and "Traceback" not in text, text

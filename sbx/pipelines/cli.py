@@ -127,6 +127,8 @@ def _parser() -> argparse.ArgumentParser:
     learn.add_argument("run_dir", type=Path)
     gc = sub.add_parser(Command.GC.value, help="remove Docker objects left by crashed runs")
     gc.add_argument("--run", help="only this run id")
+    gc.add_argument("--force", action="store_true",
+                    help="also remove runs whose sbx process is still running")
     image = sub.add_parser(Command.IMAGE.value, help="build sbx's images")
     image_sub = image.add_subparsers(dest="image_command", required=True)
     build = image_sub.add_parser("build", help="build the runtime and step images offline")
@@ -243,15 +245,16 @@ def _verify(args: argparse.Namespace, console: Console) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from sbx.sandbox import engine, labels
-    from sbx.sandbox.sandbox import remove_by_label
+    from sbx.sandbox import engine
+    from sbx.sandbox.gc import collect
 
-    client = engine.connect()
-    match = {labels.MANAGED: "1"} if args.run is None else {labels.RUN: args.run}
-    removed = remove_by_label(client, match)
-    for what in removed:
+    result = collect(engine.connect(), args.run, force=args.force)
+    for what in result.removed:
         print(f"removed {what}")
-    print(f"sbx gc: {len(removed)} object(s) removed")
+    for run in result.live_runs:
+        print(f"kept run {run}: the sbx process that started it is still running "
+              "(stop it, or use --force)")
+    print(f"sbx gc: {len(result.removed)} object(s) removed")
     return EXIT_OK
 
 

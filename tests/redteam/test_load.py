@@ -7,7 +7,6 @@ import ipaddress
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
@@ -21,19 +20,6 @@ from tests.redteam.faults_support import failed_checks, run_objects
 
 pytestmark = pytest.mark.docker
 STEPS = 12
-
-
-def _late_probe_denials(out: Path, steps: dict[str, Any]) -> dict[str, int]:
-    """Per step, denials after step_started that are the peer probes' own connections."""
-    late = dict.fromkeys(steps, 0)
-    for line in (out / "events.jsonl").read_text().splitlines():
-        e = json.loads(line)
-        st = steps.get(e.get("step", ""))
-        if st is None or e.get("verdict") != "denied" or e.get("phase") == "close":
-            continue
-        if e["time"] >= st["step_started"] and e.get("name") == "sbx-probe":
-            late[e["step"]] += 1
-    return late
 
 
 def test_twelve_parallel_steps_cannot_reach_each_other(
@@ -52,15 +38,10 @@ def test_twelve_parallel_steps_cannot_reach_each_other(
     record = json.loads((out / "run.json").read_text())
     s = record["steps"]
     assert sorted(s) == sorted(steps)
-    late = _late_probe_denials(out, s)
-    # Known bug (reported, not fixed here): on a loaded machine the gateway can judge a
-    # peer probe's connection after the step started, and that denial is then counted
-    # as the step's own (time-based attribution). Only exactly that is tolerated.
-    for name, st in s.items():
-        if st["status"] != "succeeded":
-            assert st["reason"].endswith("denied (enforce mode)") and late[name] == \
-                st["flows"]["denied"], (name, st["reason"])
-    assert code == EXIT_OK or any(late.values()), record["reason"]
+    # Every step succeeded: no probe's decision was counted as the step's own traffic.
+    assert code == EXIT_OK, record["reason"]
+    assert all(st["status"] == "succeeded" and st["flows"]["denied"] == 0
+               for st in s.values()), {n: st["reason"] for n, st in s.items()}
     # Twelve sandboxes: distinct networks on disjoint subnets.
     nets = [ipaddress.ip_network(st["docker"]["subnet"]) for st in s.values()]
     assert len({st["docker"]["network"] for st in s.values()}) == STEPS
@@ -78,9 +59,6 @@ def test_twelve_parallel_steps_cannot_reach_each_other(
             # Its gateway and its agent for every other step, nothing of its own.
             assert len(inside) == (0 if other == name else 2), (name, other, inside)
     failed = failed_checks(out, signing_key)
-    if any(late.values()):
-        failed.pop("steps-succeeded", None)
-        failed.pop("isolation.denied-flows", None)
     assert failed == {}
     assert run_objects(docker_client, record["run_id"]) == []
     print(f"\n12 parallel steps: {took:.1f} s, {len(probes)} peer probes blocked")

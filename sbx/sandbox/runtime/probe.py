@@ -22,6 +22,10 @@ from typing import Any
 
 Result = dict[str, Any]
 
+# The agent gives up on a gateway that does not accept within 5 s or answer within 5 s
+# more (and records that): a relayed probe's verdict always comes within this.
+VERDICT_WAIT = 11.0
+
 
 def _result(name: str, kind: str, target: str, reached: bool, detail: str) -> Result:
     return {"name": name, "kind": kind, "target": target, "blocked": not reached, "detail": detail}
@@ -50,6 +54,11 @@ def tcp(name: str, ip: str, port: int, timeout: float, relayed: bool) -> Result:
             return _result(name, "tcp", target, not relayed, "connection refused")
         except OSError as exc:
             return _result(name, "tcp", target, False, f"no connection: {exc}")
+        if relayed:
+            # The relay resets the connection only once the gateway has judged (and
+            # recorded) it. Wait for that verdict: a probe that gave up early would leave
+            # its decision to arrive after step_started, counted as the step's own traffic.
+            s.settimeout(max(timeout, VERDICT_WAIT))
         try:
             s.sendall(b"GET / HTTP/1.0\r\nHost: sbx-probe\r\n\r\n")
             data = s.recv(64)
@@ -158,7 +167,7 @@ def main() -> None:
     for th in threads:
         th.start()
     # A resolver that never answers can stall getaddrinfo for many seconds: bound the wait.
-    deadline = time.monotonic() + float(cfg.get("timeout", 1.0)) + 8
+    deadline = time.monotonic() + max(float(cfg.get("timeout", 1.0)), VERDICT_WAIT) + 4
     for th in threads:
         th.join(max(0.0, deadline - time.monotonic()))
     final = [r if r is not None else _result(f"probe-{i}", "timeout", "", False, "no verdict")

@@ -8,6 +8,7 @@ import ipaddress
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -108,7 +109,9 @@ _spec = st.fixed_dictionaries({
 }, optional={
     "env": st.dictionaries(st.from_regex(r"[A-Z][A-Z0-9_]{0,8}", fullmatch=True)
                            .filter(lambda k: not k.startswith("SBX_")),
-                           st.text(max_size=20), max_size=4),
+                           # NUL is refused (no environment can hold it): see below.
+                           st.text(st.characters(blacklist_characters="\x00"), max_size=20),
+                           max_size=4),
     "outputs": st.lists(st.from_regex(r"[a-z]{1,8}/", fullmatch=True), max_size=3,
                         unique=True),
     "egress": st.fixed_dictionaries({"mode": st.sampled_from(["enforce", "audit"])}),
@@ -123,6 +126,18 @@ def test_valid_specs_round_trip(tmp_path: Path, spec: dict[str, Any]) -> None:
     step = validate_step(doc)
     assert step.name == spec["name"] and step.image == spec["image"]
     assert step.env == spec.get("env", {})
+
+
+@settings(max_examples=50, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_spec, st.text(max_size=10))
+def test_a_nul_byte_in_env_is_refused_in_one_line(tmp_path: Path, spec: dict[str, Any],
+                                                   around: str) -> None:
+    spec = {**spec, "env": {"A": around + "\x00" + around}}
+    doc = _load(tmp_path, yaml.safe_dump(spec).encode())
+    assert doc is not None
+    with pytest.raises(SpecError, match=r"env\.A: contains a NUL byte") as info:
+        validate_step(doc)
+    assert "\n" not in str(info.value)
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -9,9 +9,7 @@ killed, and `close()` removes it all.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import secrets
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,23 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from sbx.sandbox import labels as L
+from sbx.sandbox.archive import pack_files
 from sbx.sandbox.sandbox import remove_by_label
 
 PAYLOAD = Path(__file__).parent / "payload"
 SERVER_NAME = "bench.sbx.test"
 HTTP_PORT, HTTPS_PORT = 8080, 8443
-
-
-def tar(files: dict[str, bytes]) -> bytes:
-    """A tar archive of in-memory files, for put_archive."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            archive.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _name(cn: str) -> x509.Name:
@@ -115,7 +102,7 @@ class Internet:
                                                          ipv4_address=self.server_ip)}),
             host_config=api.create_host_config(network_mode=self.network))["Id"]
         self._containers.append(cid)
-        api.put_archive(cid, "/srv", tar({"server.py": (PAYLOAD / "server.py").read_bytes(),
+        api.put_archive(cid, "/srv", pack_files({"server.py": (PAYLOAD / "server.py").read_bytes(),
                                            "cert.pem": cert, "key.pem": key}))
         api.start(cid)
         for _ in range(200):
@@ -135,7 +122,7 @@ class Internet:
             host_config=api.create_host_config(network_mode=self.network))["Id"]
         self._containers.append(cid)
         try:
-            api.put_archive(cid, "/workspace", tar(files))
+            api.put_archive(cid, "/workspace", pack_files(files))
             api.start(cid)
             code = api.wait(cid, timeout=timeout)["StatusCode"]
             out: bytes = api.logs(cid, stdout=True, stderr=False)

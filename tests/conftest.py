@@ -8,10 +8,8 @@ Nothing a test does sends traffic off this machine.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import secrets
-import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from sbx.pipelines.records import parse_time
 from sbx.pipelines.run import RunOptions, RunResult, run_file
 from sbx.pipelines.view import LiveView
 from sbx.sandbox import images
+from sbx.sandbox.archive import pack_files
 
 TEST_LABEL = "sbx.test"
 SERVER_SCRIPT = Path(__file__).parent / "sandbox" / "servers" / "canary.py"
@@ -144,16 +143,6 @@ def _ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     return key, cert
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="session")
 def internet(docker_client: docker.DockerClient, sbx_images: tuple[str, str]) -> Iterator[Internet]:
     """A 198.18.x.0/24 network with two hosts: web.sbx.test and other.sbx.test."""
@@ -188,7 +177,7 @@ def internet(docker_client: docker.DockerClient, sbx_images: tuple[str, str]) ->
                     net_id: api.create_endpoint_config(aliases=[fqdn], ipv4_address=ip)}),
                 host_config=api.create_host_config(network_mode=net_id))["Id"]
             hosts.append(Host(fqdn, ip, cid, docker_client))
-            api.put_archive(cid, "/srv", _tar({"canary.py": SERVER_SCRIPT.read_bytes(),
+            api.put_archive(cid, "/srv", pack_files({"canary.py": SERVER_SCRIPT.read_bytes(),
                                                 "cert.pem": cert, "key.pem": key}))
             api.start(cid)
         for host in hosts:

@@ -31,6 +31,8 @@ from pathlib import Path
 import docker
 from docker.errors import APIError
 
+from sbx.sandbox.archive import pack_files
+
 HERE = Path(__file__).resolve().parent
 PACKAGES = HERE / "packages"
 MIRROR_NAME = "mirror.sbx.example"
@@ -69,16 +71,6 @@ def _content() -> dict[str, bytes]:
     return {**files, "SHA256SUMS": sums.encode()}
 
 
-def _tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(f"srv/{name}")
-            info.size, info.mode = len(data), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 ROLE = "example-mirror"
 
 
@@ -112,7 +104,7 @@ def start_mirror(client: docker.DockerClient) -> Mirror:
             host_config=api.create_host_config(cap_drop=["ALL"]),
             networking_config=api.create_networking_config({net_id: api.create_endpoint_config(
                 aliases=[MIRROR_NAME], ipv4_address=ip)}))["Id"]
-        api.put_archive(cid, "/", _tar(content))
+        api.put_archive(cid, "/", pack_files(content, prefix="srv"))
         api.start(cid)
         _wait_until_serving(api, cid)
     except BaseException:

@@ -11,7 +11,7 @@ import hashlib
 import io
 import posixpath
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -78,6 +78,21 @@ def pack_inputs(files: Iterable[tuple[Path, str]], root: str, uid: int = 0,
             info.mode = 0o755 if source.stat().st_mode & 0o111 else 0o644
             with source.open("rb") as fh:
                 tar.addfile(info, fh)
+    return buf.getvalue()
+
+
+def pack_files(files: Mapping[str, bytes], prefix: str = "") -> bytes:
+    """A reproducible tar of in-memory files (name -> bytes, mode 0644, mtime 0).
+
+    For the runtime's own scripts and configuration, and build contexts: data sbx
+    holds, not a user's workspace (that is `pack_inputs`).
+    """
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(posixpath.join(prefix, name) if prefix else name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 

@@ -37,7 +37,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +49,7 @@ import docker
 import docker.errors
 
 from sbx.errors import EnvironmentFailure, SbxError
+from sbx.sandbox.archive import pack_files
 
 __all__ = [
     "MANAGED_LABEL",
@@ -237,16 +237,7 @@ def _build_lock(name: str) -> Iterator[None]:
 
 def _tar_context(files: Sequence[tuple[str, bytes]]) -> io.BytesIO:
     """An in-memory, reproducible docker build context."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            info.mtime = 0
-            tar.addfile(info, io.BytesIO(data))
-    buffer.seek(0)
-    return buffer
+    return io.BytesIO(pack_files(dict(files)))
 
 
 def _build_from_context(

@@ -10,10 +10,8 @@ session so the test modules that share a batch do not run it twice.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import secrets
-import tarfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,23 +24,13 @@ import yaml
 from sbx.pipelines.records import parse_time
 from sbx.pipelines.run import RunOptions, RunResult, run_file
 from sbx.pipelines.view import LiveView
+from sbx.sandbox.archive import pack_files
 
 HERE = Path(__file__).parent
 ATTACK_SCRIPT = HERE / "steps" / "attack.py"
 SINK_SCRIPT = HERE / "servers" / "sink.py"
 TEST_LABEL = "sbx.test"
 SLACK = 0.25  # seconds an event may trail its attempt (NFLOG is read asynchronously)
-
-
-def tar(files: dict[str, bytes]) -> bytes:
-    """A tar stream holding `files` (name -> bytes), for put_archive."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 @dataclass
@@ -81,7 +69,7 @@ def start_sink(client: docker.DockerClient, image: str, network: str, ip: str,
         networking_config=api.create_networking_config({
             network: api.create_endpoint_config(aliases=aliases, ipv4_address=ip)}),
         host_config=api.create_host_config(network_mode=network))["Id"]
-    api.put_archive(cid, "/srv", tar({"sink.py": SINK_SCRIPT.read_bytes()}))
+    api.put_archive(cid, "/srv", pack_files({"sink.py": SINK_SCRIPT.read_bytes()}))
     api.start(cid)
     for _ in range(200):
         if b'"ready"' in api.logs(cid):

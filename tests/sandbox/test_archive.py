@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from sbx.sandbox.archive import ArchiveError, OutputFile, OutputLimits, pack_inputs, unpack_output
+from sbx.sandbox.archive import (
+    ArchiveError,
+    OutputFile,
+    OutputLimits,
+    pack_files,
+    pack_inputs,
+    unpack_output,
+)
 
 # --------------------------------------------------------------------------- pack_inputs
 
@@ -295,3 +302,15 @@ def test_truncated_stream_is_reported_as_an_archive_error(tmp_path: Path, cut: i
     data = _tar(_dir("dist"), _file("dist/a", os.urandom(4096)))
     with pytest.raises(ArchiveError):
         _unpack(data[:cut], "dist", tmp_path)
+
+
+def test_pack_files_is_reproducible_and_honours_the_prefix() -> None:
+    files = {"a.py": b"print(1)\n", "cfg.json": b"{}"}
+    packed = pack_files(files, prefix="srv")
+    assert packed == pack_files(dict(files), prefix="srv")  # same bytes every time
+    with tarfile.open(fileobj=io.BytesIO(packed)) as tar:
+        members = tar.getmembers()
+        assert [(m.name, m.mode, m.mtime, m.isfile()) for m in members] == [
+            ("srv/a.py", 0o644, 0, True), ("srv/cfg.json", 0o644, 0, True)]
+        extracted = tar.extractfile("srv/a.py")
+        assert extracted is not None and extracted.read() == b"print(1)\n"

@@ -17,7 +17,6 @@ import docker
 import psutil
 import pytest
 
-import tests.pipelines.test_run_faults as pipeline_faults
 from sbx.attest.signing.interface import Payload, Signed, Signer, SignerKind
 from sbx.attest.signing.local import KeyPair
 from sbx.errors import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK
@@ -43,8 +42,7 @@ pytestmark = pytest.mark.docker
 IMAGE = "sbx-step:bookworm"
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# Phases a run passes through, in order. `running` is injected by
-# tests/pipelines/test_run_faults.py; the others here.
+# Phases a run passes through, in order.
 PHASES = ("preparing", "probing", "running", "copying outputs", "signing")
 
 # Every fault the red-team suite injects, and the test that injects it.
@@ -62,15 +60,13 @@ FAULTS: tuple[str, ...] = (
     "step floods denied flows (events and alerts)",
 )
 COVERED_BY: dict[str, str] = {
-    "gateway killed mid-step":
-        "test_run_faults.test_crashed_gateway_leaves_no_egress_and_the_run_says_so",
-    "agent killed mid-step": "test_killed_agent_leaves_no_egress_and_the_run_says_so",
-    "sbx killed (SIGKILL), then sbx gc": "test_run_faults.test_gc_removes_what_a_killed_run_left",
+    "gateway killed mid-step": "test_killed_runtime_container_leaves_no_egress_and_the_run_says_so",
+    "agent killed mid-step": "test_killed_runtime_container_leaves_no_egress_and_the_run_says_so",
+    "sbx killed (SIGKILL), then sbx gc": "test_gc_removes_what_a_killed_run_left",
     "engine unreachable at start": "test_engine_unreachable_at_start",
     "engine unreachable while preparing": "test_engine_lost_mid_run",
     "engine unreachable while running": "test_engine_lost_mid_run",
-    **{f"{s.name} while running":
-       "test_run_faults.test_interrupt_removes_every_object_and_records_the_interruption"
+    **{f"{s.name} while running": "test_interrupt_while_running_removes_every_object_and_records_it"
        for s in SIGNALS},
     **{f"{s.name} while {p}": "test_signal_in_phase"
        for s in SIGNALS for p in ("preparing", "probing", "copying outputs")},
@@ -89,16 +85,14 @@ def fault_count() -> int:
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_every_fault_is_injected_by_a_test(fault: str) -> None:
-    target = COVERED_BY[fault]
-    module, _, name = target.rpartition(".")
-    owner = pipeline_faults if module == "test_run_faults" else globals()
-    assert callable(getattr(owner, name, None) if module else owner.get(name)), target
+    assert callable(globals().get(COVERED_BY[fault])), COVERED_BY[fault]
 
 
 # -- the runtime containers --------------------------------------------------------------
-def test_killed_agent_leaves_no_egress_and_the_run_says_so(
+@pytest.mark.parametrize("role", ["gateway", "agent"])
+def test_killed_runtime_container_leaves_no_egress_and_the_run_says_so(
         run_step: Any, internet: Internet, docker_client: docker.DockerClient,
-        signing_key: KeyPair) -> None:
+        signing_key: KeyPair, role: str) -> None:
     script = """
 mkdir -p out
 curl -fsS http://web.sbx.test:8080/before > out/before.json
@@ -107,19 +101,20 @@ sleep 4
 curl -sS --max-time 5 http://web.sbx.test:8080/after > out/after.json 2> out/after.err \
   || echo failed > out/after.status
 """
+    name = f"{role}kill"
     killed: list[float] = []
 
-    def kill_agent() -> None:
-        step = wait_for(lambda: sbx_containers(docker_client, "step", "agentkill"))[0]
+    def kill() -> None:
+        step = wait_for(lambda: sbx_containers(docker_client, "step", name))[0]
         time.sleep(2)
-        agent = sbx_containers(docker_client, "agent", "agentkill")[0]
-        assert agent["Labels"]["sbx.run"] == step["Labels"]["sbx.run"]
-        docker_client.api.kill(agent["Id"])
+        victim = sbx_containers(docker_client, role, name)[0]
+        assert victim["Labels"]["sbx.run"] == step["Labels"]["sbx.run"]
+        docker_client.api.kill(victim["Id"])
         killed.append(time.time())
 
-    killer = threading.Thread(target=kill_agent)
+    killer = threading.Thread(target=kill)
     killer.start()
-    run = run_step({"name": "agentkill", "image": IMAGE, "run": script, "outputs": ["out/"],
+    run = run_step({"name": name, "image": IMAGE, "run": script, "outputs": ["out/"],
                     "egress": {"allow": ["web.sbx.test:8080"]}})
     killer.join()
     assert killed
@@ -131,9 +126,9 @@ curl -sS --max-time 5 http://web.sbx.test:8080/after > out/after.json 2> out/aft
     assert not any(h.get("path") == "/after" for h in internet.other.hits(run.started))
     step = run.step
     assert run.result.exit_code == 1 and step["status"] == "failed"
-    assert any("agent exited during the step" in f for f in step["faults"]), step["faults"]
-    assert "agent" in step["reason"]
-    assert any(e.get("kind") == "agent" and e.get("phase") == "crashed" for e in run.events)
+    assert any(f"{role} exited during the step" in f for f in step["faults"]), step["faults"]
+    assert role in step["reason"]
+    assert any(e.get("kind") == role and e.get("phase") == "crashed" for e in run.events)
     assert_evidence_intact(run.out, signing_key)
 
 
@@ -453,3 +448,47 @@ def test_denied_flood_completes(tmp_path: Path, internet: Internet, signing_key:
     failed = failed_checks(out, signing_key)
     assert set(failed) <= {"steps-succeeded", "isolation.denied-flows"}, failed
     assert run_objects(docker_client, record["run_id"]) == []
+
+
+def _sleepy(tmp_path: Path, internet: Internet) -> tuple[Any, Path]:
+    spec = write_spec(tmp_path / "ws", {"name": "sleepy", "image": IMAGE,
+                                        "run": "echo started; sleep 60",
+                                        "egress": {"allow": ["web.sbx.test:8080"]}})
+    out = tmp_path / "run"
+    return spawn_sbx(["run", str(spec), "--out", str(out), "--egress-network",
+                      internet.network, "--quiet"]), out
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_interrupt_while_running_removes_every_object_and_records_it(
+        tmp_path: Path, internet: Internet, docker_client: docker.DockerClient,
+        sig: signal.Signals) -> None:
+    proc, out = _sleepy(tmp_path, internet)
+    step = wait_for(lambda: sbx_containers(docker_client, "step", "sleepy"))[0]
+    run_id = step["Labels"]["sbx.run"]
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_INTERRUPTED, stderr.decode()
+    assert b"Traceback" not in stderr
+    record = json.loads((out / "run.json").read_text())
+    assert record["run_id"] == run_id
+    assert record["interrupted"] is True
+    assert only_step(record)["status"] == "interrupted"
+    assert record["ended"]
+    assert run_objects(docker_client, run_id) == []
+    assert (out / "events.jsonl").read_text().strip()  # what it saw is kept
+
+
+def test_gc_removes_what_a_killed_run_left(
+        tmp_path: Path, internet: Internet, docker_client: docker.DockerClient) -> None:
+    proc, _ = _sleepy(tmp_path, internet)
+    step = wait_for(lambda: sbx_containers(docker_client, "step", "sleepy"))[0]
+    run_id = step["Labels"]["sbx.run"]
+    proc.kill()
+    proc.wait(timeout=30)
+    assert run_objects(docker_client, run_id), "a killed sbx cannot clean up"
+    gc = spawn_sbx(["gc", "--run", run_id])
+    stdout, stderr = gc.communicate(timeout=120)
+    assert gc.returncode == 0, stderr.decode()
+    assert b"removed container" in stdout and b"removed network" in stdout
+    assert run_objects(docker_client, run_id) == []

@@ -99,7 +99,7 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 _SOURCE_ROOT = _PACKAGE_ROOT.parent
 # Runtime files, relative to the directory that contains the sbx package.
 _RUNTIME_FIXED = ("sbx/__init__.py", "sbx/sandbox/__init__.py", "sbx/sandbox/policy.py")
-_RUNTIME_GLOB = "sandbox/runtime/*.py"
+_RUNTIME_GLOB = "sandbox/runtime/**/*.py"
 
 _BUILD_HINT = "run `make images` (or `python -m sbx.sandbox.images`)"
 

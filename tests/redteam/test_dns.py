@@ -18,7 +18,8 @@ import pytest
 from dnslib import QTYPE, RCODE, DNSQuestion, DNSRecord
 
 from sbx.sandbox.policy import Policy, parse_rule
-from sbx.sandbox.runtime.gateway import Gate, _QuietLogger, _Resolver
+from sbx.sandbox.runtime.dns_server import QuietLogger, Resolver
+from sbx.sandbox.runtime.gate import Gate
 from tests.conftest import Internet
 from tests.redteam import netattacks as na
 from tests.redteam.batches import Batch, net_batch
@@ -69,7 +70,7 @@ def test_two_questions_get_formerr_and_a_denied_event(
     query = DNSRecord.question("example.com")
     query.add_question(DNSQuestion("secret.exfil.example.org", QTYPE.A))
     handler = SimpleNamespace(client_address=("10.222.0.3", 4000))
-    reply = _Resolver(gate).resolve(query, handler)
+    reply = Resolver(gate).resolve(query, handler)
     assert reply.header.rcode == RCODE.FORMERR and reply.rr == []
     [event] = _events(capsys.readouterr().out)
     assert event["verdict"] == "denied" and "2 questions" in event["reason"]
@@ -77,7 +78,7 @@ def test_two_questions_get_formerr_and_a_denied_event(
 
 def test_a_message_that_is_not_dns_is_recorded(capsys: pytest.CaptureFixture[str]) -> None:
     handler = SimpleNamespace(client_address=("10.222.0.3", 4000), protocol="udp")
-    _QuietLogger("build").log_error(handler, ValueError("Error unpacking DNSHeader"))
+    QuietLogger("build").log_error(handler, ValueError("Error unpacking DNSHeader"))
     [event] = _events(capsys.readouterr().out)
     assert event["kind"] == "dns" and event["verdict"] == "denied"
     assert "malformed" in event["reason"] and event["src_ip"] == "10.222.0.3"
@@ -91,7 +92,7 @@ def test_allowed_name_with_only_internal_addresses_is_a_denied_dns_event(
     monkeypatch.setattr(Gate, "resolve", lambda self, name, port, family=0: table[name])
     handler = SimpleNamespace(client_address=("10.222.0.3", 4000))
     for name in table:
-        _Resolver(gate).resolve(DNSRecord.question(name), handler)
+        Resolver(gate).resolve(DNSRecord.question(name), handler)
     internal, mixed = _events(capsys.readouterr().out)
     assert internal["verdict"] == "denied" and "internal" in internal["reason"]
     assert internal["withheld"] == ["10.1.2.3", "169.254.169.254"] and internal["answers"] == []

@@ -22,7 +22,7 @@ from sbx.attest.signing.local import KeyPair, load_public_key
 from sbx.attest.verify.policy import DEFAULT_POLICY
 from sbx.attest.verify.trust import KeyTrust
 from sbx.attest.verify.verifier import verify_run
-from sbx.sandbox.runtime.agent import rules_v4
+from sbx.sandbox.runtime.firewall import rules_v4
 from tests.conftest import Internet
 from tests.redteam.batches import Cross, cross_batch
 from tests.redteam.harness import Run, cached, run_spec

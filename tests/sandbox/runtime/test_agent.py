@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from sbx.sandbox.runtime.agent import SO_ORIGINAL_DST, original_dst, rules_v4, rules_v6
+from sbx.sandbox.runtime.agent import SO_ORIGINAL_DST, original_dst
+from sbx.sandbox.runtime.firewall import rules_v4, rules_v6
 
 CFG: dict[str, Any] = {
     "step": "build",

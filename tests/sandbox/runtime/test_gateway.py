@@ -19,7 +19,9 @@ import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from sbx.sandbox.policy import Policy, parse_rule
-from sbx.sandbox.runtime.gateway import Gate, Network, _ProxyHandler, _Resolver, _split_host_port
+from sbx.sandbox.runtime.dns_server import Resolver
+from sbx.sandbox.runtime.gate import Gate, Network
+from sbx.sandbox.runtime.proxy import ProxyHandler, _split_host_port
 
 PUBLIC = "198.51.100.7"
 PUBLIC6 = "2001:db8::7"
@@ -314,7 +316,7 @@ def test_split_host_port_refuses_a_non_numeric_port() -> None:
 
 def ask(gate: Gate, name: str, qtype: str = "A") -> DNSRecord:
     handler = SimpleNamespace(client_address=("172.30.0.3", 40000))
-    reply: DNSRecord = _Resolver(gate).resolve(DNSRecord.question(name, qtype), handler)
+    reply: DNSRecord = Resolver(gate).resolve(DNSRecord.question(name, qtype), handler)
     return reply
 
 
@@ -448,7 +450,7 @@ def proxy(
 
     def run() -> None:
         try:
-            _ProxyHandler(served, ("172.30.0.3", 40000), server)  # type: ignore[arg-type]
+            ProxyHandler(served, ("172.30.0.3", 40000), server)  # type: ignore[arg-type]
         except BaseException as exc:
             errors.append(exc)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import docker
 
 from sbx.sandbox import labels as L
-from sbx.sandbox.sandbox import remove_by_label
+from sbx.sandbox.teardown import remove_by_label
 
 
 @dataclass(frozen=True)

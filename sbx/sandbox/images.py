@@ -5,7 +5,7 @@ Two images, both labelled ``sbx.managed=1``:
 * **runtime image** ``sbx-runtime:<hash>`` — what the egress gateway, the namespace agent and
   the probes run (``python3 -m sbx.sandbox.runtime.gateway`` ...). It is a thin layer that
   copies the runtime code (``sbx/__init__.py``, ``sbx/sandbox/__init__.py``,
-  ``sbx/sandbox/policy.py``, ``sbx/sandbox/runtime/*.py``) into ``/opt/sbx`` on top of a base
+  ``sbx/sandbox/policy/*.py``, ``sbx/sandbox/runtime/**/*.py``) into ``/opt/sbx`` on top of a base
   image ``sbx-base-runtime:<hash>`` holding Debian's python3, python3-dnslib, iptables and
   iproute2. The tag hashes the code's bytes and the base tag, so any code change yields a new
   tag and an unchanged tree reuses the image.
@@ -28,28 +28,29 @@ Run ``python -m sbx.sandbox.images`` (``make images``) to build everything and p
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import hashlib
-import io
-import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import docker
 import docker.errors
 
 from sbx.errors import EnvironmentFailure, SbxError
-from sbx.sandbox.archive import pack_files
+from sbx.sandbox.image_build import (
+    MANAGED_LABEL,
+    RECIPE_LABEL,
+    SUITE,
+    Log,
+    _build_debian_image,
+    _build_from_context,
+    _build_lock,
+    _DebianRecipe,
+    _image_labels,
+    _short_hash,
+)
 
 __all__ = [
     "MANAGED_LABEL",
@@ -62,14 +63,6 @@ __all__ = [
     "runtime_image_tag",
 ]
 
-Log = Callable[[str], None]
-
-MANAGED_LABEL = "sbx.managed"
-RECIPE_LABEL = "sbx.recipe"
-
-SUITE = "bookworm"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
-MIRROR_ENV = "SBX_DEBIAN_MIRROR"
 BASE_ENV = "SBX_IMAGE_BASE"
 DEFAULT_STEP_REGISTRY_BASE = "debian:bookworm-slim"
 
@@ -82,23 +75,22 @@ RUNTIME_PACKAGES: tuple[str, ...] = ("python3", "python3-dnslib", "iptables", "i
 STEP_PACKAGES: tuple[str, ...] = ("python3", "python3-pip", "python3-setuptools", "python3-wheel",
                                   "git", "curl", "ca-certificates", "openssl")
 
-# Part of every base recipe hash: changing how the root filesystem is made changes the tag.
-_MMDEBSTRAP_OPTIONS: tuple[str, ...] = (
-    "--variant=apt",
-    "--dpkgopt=path-exclude=/usr/share/man/*",
-    "--dpkgopt=path-exclude=/usr/share/doc/*",
-    "--dpkgopt=path-include=/usr/share/doc/*/copyright",
-    "--dpkgopt=path-exclude=/usr/share/locale/*",
-    "--dpkgopt=path-exclude=/usr/share/info/*",
-)
-_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
 # The sbx package directory (…/sbx). Tests monkeypatch it to a fake tree.
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 # The source checkout (holds images/*.Dockerfile); absent in a wheel install.
 _SOURCE_ROOT = _PACKAGE_ROOT.parent
 # Runtime files, relative to the directory that contains the sbx package.
-_RUNTIME_FIXED = ("sbx/__init__.py", "sbx/sandbox/__init__.py", "sbx/sandbox/policy.py")
+# Named one by one, so a missing policy module fails the build instead of the gateway.
+_RUNTIME_FIXED = (
+    "sbx/__init__.py",
+    "sbx/sandbox/__init__.py",
+    "sbx/sandbox/policy/__init__.py",
+    "sbx/sandbox/policy/addresses.py",
+    "sbx/sandbox/policy/errors.py",
+    "sbx/sandbox/policy/model.py",
+    "sbx/sandbox/policy/names.py",
+    "sbx/sandbox/policy/rules.py",
+)
 _RUNTIME_GLOB = "sandbox/runtime/**/*.py"
 
 _BUILD_HINT = "run `make images` (or `python -m sbx.sandbox.images`)"
@@ -108,44 +100,7 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _short_hash(*parts: bytes) -> str:
-    digest = hashlib.sha256()
-    for part in parts:
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
-    return digest.hexdigest()[:12]
-
-
 # --------------------------------------------------------------------------- recipes
-
-
-@dataclass(frozen=True)
-class _DebianRecipe:
-    """A Debian root filesystem made by mmdebstrap and imported as an image."""
-
-    repo: str
-    packages: tuple[str, ...]
-    cmd: tuple[str, ...]
-    suite: str = SUITE
-
-    @property
-    def digest(self) -> str:
-        return _short_hash(
-            self.suite.encode(),
-            "\n".join(sorted(self.packages)).encode(),
-            "\n".join(_MMDEBSTRAP_OPTIONS).encode(),
-            json.dumps(list(self.cmd)).encode(),
-        )
-
-    def changes(self) -> list[str]:
-        return [
-            f"LABEL {MANAGED_LABEL}=1",
-            f"LABEL {RECIPE_LABEL}={self.digest}",
-            f"ENV {_PATH}",
-            "ENV LANG=C.UTF-8",
-            f"CMD {json.dumps(list(self.cmd))}",
-        ]
-
 
 _RUNTIME_BASE = _DebianRecipe(BASE_RUNTIME_REPO, RUNTIME_PACKAGES, ("python3",))
 _STEP_BASE = _DebianRecipe(STEP_REPO, STEP_PACKAGES, ("/bin/bash",))
@@ -206,135 +161,6 @@ def runtime_image_tag(base: str | None = None) -> str:
     else:
         parts += [b"registry-base", base.encode(), _dockerfile("runtime.Dockerfile").read_bytes()]
     return f"{RUNTIME_REPO}:{_short_hash(*parts)}"
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _image_labels(client: docker.DockerClient, tag: str) -> dict[str, str] | None:
-    """The image's labels, or None if there is no such image."""
-    try:
-        image = client.images.get(tag)
-    except docker.errors.ImageNotFound:
-        return None
-    except docker.errors.DockerException as exc:
-        raise EnvironmentFailure(f"cannot inspect image {tag}: {exc}") from exc
-    labels: dict[str, str] = image.labels or {}
-    return labels
-
-
-@contextlib.contextmanager
-def _build_lock(name: str) -> Iterator[None]:
-    """Serialise builds of one image between processes (parallel test workers, CI jobs)."""
-    path = Path(tempfile.gettempdir()) / f"sbx-images-{name}-{os.getuid()}.lock"
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _tar_context(files: Sequence[tuple[str, bytes]]) -> io.BytesIO:
-    """An in-memory, reproducible docker build context."""
-    return io.BytesIO(pack_files(dict(files)))
-
-
-def _build_from_context(
-    client: docker.DockerClient,
-    tag: str,
-    files: Sequence[tuple[str, bytes]],
-    *,
-    labels: dict[str, str],
-    offline: bool,
-    buildargs: dict[str, str] | None = None,
-) -> None:
-    kwargs: dict[str, Any] = {}
-    if offline:
-        kwargs["network_mode"] = "none"
-    try:
-        client.images.build(
-            fileobj=_tar_context(files),
-            custom_context=True,
-            tag=tag,
-            pull=False,
-            rm=True,
-            forcerm=True,
-            labels=labels,
-            buildargs=buildargs or {},
-            **kwargs,
-        )
-    except docker.errors.BuildError as exc:
-        tail = " | ".join(
-            str(chunk.get("stream") or chunk.get("error") or "").strip()
-            for chunk in list(exc.build_log)[-3:]
-            if isinstance(chunk, dict)
-        )
-        raise EnvironmentFailure(f"building image {tag} failed: {exc.msg} ({tail})") from exc
-    except docker.errors.DockerException as exc:
-        raise EnvironmentFailure(f"building image {tag} failed: {exc}") from exc
-
-
-def _mmdebstrap() -> str:
-    path = shutil.which("mmdebstrap")
-    if path is None:
-        raise EnvironmentFailure(
-            "mmdebstrap is not installed: apt-get install mmdebstrap (then make images)"
-        )
-    return path
-
-
-def _build_debian_image(
-    client: docker.DockerClient, recipe: _DebianRecipe, tag: str, log: Log
-) -> None:
-    """mmdebstrap a root filesystem into a temp dir and ``docker import`` it as ``tag``."""
-    mmdebstrap = _mmdebstrap()
-    mirror = os.environ.get(MIRROR_ENV) or DEFAULT_MIRROR
-    with tempfile.TemporaryDirectory(prefix="sbx-image-") as tmp:
-        rootfs = Path(tmp) / "rootfs.tar"
-        command = [
-            mmdebstrap,
-            "--quiet",
-            *_MMDEBSTRAP_OPTIONS,
-            f"--include={','.join(recipe.packages)}",
-            recipe.suite,
-            str(rootfs),
-            mirror,  # explicit: without it mmdebstrap reads sources from a non-tty stdin
-        ]
-        started = time.monotonic()
-        try:
-            result = subprocess.run(
-                command,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                check=False,
-                env={**os.environ, "TMPDIR": tmp},
-            )
-        except OSError as exc:
-            raise EnvironmentFailure(f"cannot run mmdebstrap: {exc}") from exc
-        if result.returncode != 0:
-            lines = [ln for ln in (result.stderr or result.stdout).splitlines() if ln.strip()]
-            detail = " | ".join(lines[-3:]) or f"exit status {result.returncode}"
-            raise EnvironmentFailure(
-                f"mmdebstrap failed building {tag} from {mirror} ({detail}): check that the "
-                f"Debian mirror is reachable (set {MIRROR_ENV} to use another one)"
-            )
-        log(f"sbx: root filesystem for {tag} made in {time.monotonic() - started:.0f} s")
-        repository, _, image_tag = tag.rpartition(":")
-        try:
-            output = client.api.import_image_from_file(
-                str(rootfs), repository=repository, tag=image_tag, changes=recipe.changes()
-            )
-        except docker.errors.DockerException as exc:
-            raise EnvironmentFailure(f"docker import of {tag} failed: {exc}") from exc
-        for line in str(output).splitlines():
-            with contextlib.suppress(ValueError):
-                message = json.loads(line)
-                if isinstance(message, dict) and message.get("error"):
-                    raise EnvironmentFailure(f"docker import of {tag} failed: {message['error']}")
-    if _image_labels(client, tag) is None:
-        raise EnvironmentFailure(f"docker import of {tag} produced no image")
 
 
 def _missing(tag: str, what: str) -> EnvironmentFailure:

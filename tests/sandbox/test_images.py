@@ -10,12 +10,17 @@ from typing import Any
 import pytest
 
 from sbx.errors import EnvironmentFailure
-from sbx.sandbox import images
+from sbx.sandbox import image_build, images
 
 RUNTIME_TREE = {
     "sbx/__init__.py": b'__version__ = "0.1.0"\n',
     "sbx/sandbox/__init__.py": b"",
-    "sbx/sandbox/policy.py": b"RULES = []\n",
+    "sbx/sandbox/policy/__init__.py": b"RULES = []\n",
+    "sbx/sandbox/policy/addresses.py": b"RULES = []\n",
+    "sbx/sandbox/policy/errors.py": b"RULES = []\n",
+    "sbx/sandbox/policy/model.py": b"RULES = []\n",
+    "sbx/sandbox/policy/names.py": b"RULES = []\n",
+    "sbx/sandbox/policy/rules.py": b"RULES = []\n",
     "sbx/sandbox/runtime/__init__.py": b"",
     "sbx/sandbox/runtime/gateway.py": b"print('gateway')\n",
     "sbx/sandbox/runtime/agent.py": b"print('agent')\n",
@@ -41,11 +46,23 @@ def test_runtime_files_are_the_runtime_code_only(tree: Path) -> None:
     assert [rel for rel, _ in images.runtime_files()] == [
         "sbx/__init__.py",
         "sbx/sandbox/__init__.py",
-        "sbx/sandbox/policy.py",
+        "sbx/sandbox/policy/__init__.py",
+        "sbx/sandbox/policy/addresses.py",
+        "sbx/sandbox/policy/errors.py",
+        "sbx/sandbox/policy/model.py",
+        "sbx/sandbox/policy/names.py",
+        "sbx/sandbox/policy/rules.py",
         "sbx/sandbox/runtime/__init__.py",
         "sbx/sandbox/runtime/agent.py",
         "sbx/sandbox/runtime/gateway.py",
     ]
+
+
+def test_runtime_files_name_every_policy_module() -> None:
+    """The gateway imports the whole policy package: a module left out breaks it at start."""
+    package = Path(images.__file__).resolve().parent / "policy"
+    listed = {rel for rel, _ in images.runtime_files() if rel.startswith("sbx/sandbox/policy/")}
+    assert listed == {f"sbx/sandbox/policy/{p.name}" for p in package.glob("*.py")}
 
 
 def test_runtime_tag_is_stable_for_an_unchanged_tree(tree: Path) -> None:
@@ -65,7 +82,12 @@ def test_runtime_tag_is_stable_for_an_unchanged_tree(tree: Path) -> None:
     [
         "sbx/__init__.py",
         "sbx/sandbox/__init__.py",
-        "sbx/sandbox/policy.py",
+        "sbx/sandbox/policy/__init__.py",
+        "sbx/sandbox/policy/addresses.py",
+        "sbx/sandbox/policy/errors.py",
+        "sbx/sandbox/policy/model.py",
+        "sbx/sandbox/policy/names.py",
+        "sbx/sandbox/policy/rules.py",
         "sbx/sandbox/runtime/__init__.py",
         "sbx/sandbox/runtime/gateway.py",
     ],
@@ -92,15 +114,15 @@ def test_runtime_tag_changes_with_the_base(tree: Path, monkeypatch: pytest.Monke
 
 
 def test_missing_runtime_file_is_an_environment_failure(tree: Path) -> None:
-    (tree / "sbx/sandbox/policy.py").unlink()
-    with pytest.raises(EnvironmentFailure, match=r"policy\.py"):
+    (tree / "sbx/sandbox/policy/rules.py").unlink()
+    with pytest.raises(EnvironmentFailure, match=r"policy/rules\.py"):
         images.runtime_image_tag()
 
 
 def test_missing_mmdebstrap_says_how_to_fix(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     with pytest.raises(EnvironmentFailure, match="apt-get install mmdebstrap") as info:
-        images._mmdebstrap()
+        image_build._mmdebstrap()
     assert "\n" not in info.value.diagnostics()
 
 

@@ -1,0 +1,131 @@
+"""The state every part of a step's sandbox shares, and how one of its containers is made.
+
+`Sandbox` (in `sbx.sandbox.sandbox`) is assembled from this base and its parts: starting the
+runtime (`startup`), the fail-closed probes (`probing`), the step itself and clean-up
+(`teardown`). Every object is labelled with the run id.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker.errors import APIError, NotFound
+
+from sbx.errors import EnvironmentFailure, SbxError
+from sbx.sandbox import labels as L
+from sbx.sandbox.config import SandboxOptions, StepConfig
+from sbx.sandbox.network import StepNetwork
+
+EventSink = Callable[[dict[str, Any]], None]
+
+PROXY_PORT = 3128
+RELAY_PORT, DNS_UDP_PORT, DNS_TCP_PORT, NFLOG_GROUP = 15001, 15353, 15354, 7
+RUNTIME_LIMITS: dict[str, Any] = {"mem_limit": 96 * 1024 * 1024, "pids_limit": 256}
+STEP_SECURITY_OPT = ("no-new-privileges:true",)
+NOBODY = "65534:65534"
+# A step's own output kept in logs/<step>.log; the rest is drained and counted, not kept.
+LOG_LIMIT = 64 * 1024 * 1024
+LOG_TRUNCATED = (b"\n[sbx: log truncated: only the first 64 MiB of the step's output are "
+                 b"kept; run.json's step `log` counts what was dropped]\n")
+
+
+class SandboxFailure(SbxError):
+    """The sandbox could not be built or proven; the step must not run."""
+
+    exit_code = 1
+
+
+def utcnow() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class SandboxObjects:
+    """The Docker objects of one step: their ids, names, labels and timings."""
+
+    def __init__(self, client: docker.DockerClient, run_id: str, step: StepConfig,
+                 options: SandboxOptions, on_event: EventSink, log_dir: Path) -> None:
+        self.client = client
+        self.api = client.api
+        self.run_id = run_id
+        self.step = step
+        self.options = options
+        self.on_event = on_event
+        self.log_dir = log_dir
+        self.network: StepNetwork | None = None
+        self.egress_network = options.egress_network
+        self.containers: dict[str, str] = {}
+        self.agent_caps: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._ready = {role: threading.Event() for role in ("gateway", "agent")}
+        self._failed: dict[str, str] = {}
+        self._followers: list[threading.Thread] = []
+        self._closed = False  # the runtime is being stopped (stop())
+        self._removed = False  # the objects are being removed (close())
+        self.faults: list[str] = []
+        self.log_stats: dict[str, Any] = {"bytes": 0, "truncated": False, "dropped_bytes": 0}
+        self._log_writer: threading.Thread | None = None
+        # Seconds per phase of this sandbox's life, for run.json and `make bench`.
+        self.timings: dict[str, float] = {}
+        self._last_event = {"gateway": 0.0, "agent": 0.0}  # monotonic time of the last line
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the wall time of the block to `timings[phase]`, even when it raises."""
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self._add_time(phase, began)
+
+    def _add_time(self, phase: str, began: float) -> float:
+        """Add the time since `began` (monotonic) to `phase`; returns now."""
+        now = time.monotonic()
+        with self._lock:
+            self.timings[phase] = round(self.timings.get(phase, 0.0) + now - began, 4)
+        return now
+
+    def _labels(self, role: str) -> dict[str, str]:
+        return L.for_object(self.run_id, self.step.name, role)
+
+    def _name(self, role: str) -> str:
+        return L.object_name(self.run_id, self.step.name, role)
+
+    def _create(self, role: str, **kwargs: Any) -> str:
+        try:
+            cid: str = self.api.create_container(name=self._name(role), labels=self._labels(role),
+                                                 **kwargs)["Id"]
+        except APIError as exc:
+            raise EnvironmentFailure(
+                f"cannot create the {role} container: {exc.explanation}") from None
+        with self._lock:
+            self.containers[role] = cid
+        return cid
+
+    def _runtime_host_config(self, **kwargs: Any) -> Any:
+        return self.api.create_host_config(
+            cap_drop=["ALL"], security_opt=list(STEP_SECURITY_OPT), read_only=True,
+            **RUNTIME_LIMITS, **kwargs)
+
+    def _need_network(self) -> StepNetwork:
+        if self.network is None:
+            raise SandboxFailure("the sandbox was not prepared")
+        return self.network
+
+    # -- clean-up --------------------------------------------------------------------------
+    def _remove(self, role: str) -> None:
+        with self._lock:
+            cid = self.containers.get(role)
+        if cid is None:
+            return
+        try:
+            self.api.remove_container(cid, force=True, v=True)
+        except NotFound:
+            pass
+

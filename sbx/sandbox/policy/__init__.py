@@ -1,0 +1,46 @@
+"""Egress policy: allow rules, name normalisation and the address ranges a step never reaches.
+
+STANDARD LIBRARY ONLY. This package is copied into the gateway image and imported
+there, where neither pydantic nor any other third-party package exists (every module
+imports only the standard library and its siblings, relatively). The host side
+(``sbx.pipelines.spec``) adds checks that need third-party data, such as the
+public-suffix refusal for wildcards.
+
+An allow entry is one of::
+
+    host              host:port
+    *.suffix          *.suffix:port
+    1.2.3.4           1.2.3.4:443
+    10.0.0.0/8        10.0.0.0/8:443
+    2001:db8::1       [2001:db8::1]:443
+    2001:db8::/32     [2001:db8::/32]:443
+
+Names are case-folded, trailing dots removed and non-ASCII labels IDNA-encoded,
+so a verdict never depends on how a name was spelled.
+
+Modules: `names` (canonical host names, names never reachable), `addresses` (ranges never
+reached, address matching), `rules` (one allow entry: parse, refuse, match), `model`
+(`Policy`: mode, first-match rules, digest), `errors` (`PolicyError`).
+"""
+
+from __future__ import annotations
+
+from .addresses import INTERNAL_NETWORKS, IPAddress, IPNetwork, in_networks, is_internal
+from .errors import PolicyError
+from .model import MODES, Policy
+from .names import normalize_name
+from .rules import Rule, parse_rule
+
+__all__ = [
+    "INTERNAL_NETWORKS",
+    "MODES",
+    "IPAddress",
+    "IPNetwork",
+    "Policy",
+    "PolicyError",
+    "Rule",
+    "in_networks",
+    "is_internal",
+    "normalize_name",
+    "parse_rule",
+]

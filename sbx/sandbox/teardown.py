@@ -1,0 +1,121 @@
+"""Stop a step's runtime once its last events are in, then remove every object."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import docker
+from docker.errors import NotFound
+
+from sbx.sandbox import labels as L
+from sbx.sandbox.engine import ENGINE_ERRORS, is_unreachable
+from sbx.sandbox.objects import LOG_LIMIT, SandboxObjects
+
+
+class Teardown(SandboxObjects):
+    """`stop()` the gateway and agent, `close()` to remove everything; both repeatable."""
+
+    def _save_runtime_log(self, role: str) -> None:
+        cid = self.containers.get(role)
+        if cid is None:
+            return
+        try:
+            text = self.api.logs(cid, stdout=False, stderr=True)
+        except ENGINE_ERRORS:
+            return
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            (self.log_dir / f"{self.step.name}.{role}.log").write_bytes(text[-LOG_LIMIT:])
+        except OSError:
+            pass  # diagnostics only; a full run directory is reported by the records
+
+    def stop(self) -> None:
+        """Stop the gateway and agent once their last events are in; the objects stay
+        until `close()`. After this every decision of the step is recorded, so its
+        verdict can be given while the objects are still being removed. Safe to repeat."""
+        if self._closed:  # also tells the followers the exit is on purpose, not a crash
+            return
+        self._closed = True
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(self._stop_runtime, ("gateway", "agent")))
+        # Both have exited, so their log streams end: this waits only for the last lines.
+        for follower in self._followers:
+            follower.join(timeout=3)
+        for role in ("gateway", "agent"):
+            self._save_runtime_log(role)
+
+    def close(self) -> None:
+        """Remove every object of this sandbox; safe to call twice and after any failure."""
+        if self._removed:
+            return
+        self._removed = True
+        self.stop()
+
+        def remove(role: str) -> None:
+            try:
+                self._remove(role)
+            except ENGINE_ERRORS as exc:
+                if not is_unreachable(exc):
+                    self.faults.append(f"could not remove the {role}: {exc}")
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(remove, ("step", "probe", "agent", "gateway")))
+        try:
+            remove_by_label(self.client, {L.RUN: self.run_id, L.STEP: self.step.name})
+        except ENGINE_ERRORS as exc:
+            if not is_unreachable(exc):
+                raise
+            self.faults.append("the Docker engine stopped answering: this sandbox's objects "
+                               "are left for `sbx gc`")
+        writer = self._log_writer
+        if writer is not None:  # its stream ended with the container: the last bytes land
+            writer.join(timeout=5)
+
+    def _quiesce(self, role: str, quiet: float = 0.2, limit: float = 2.0) -> None:
+        """Give the role's last decisions (a NFLOG denial read just as the step ended)
+        time to arrive: wait until nothing came from it for `quiet` seconds since the call."""
+        began = time.monotonic()
+        while (now := time.monotonic()) < began + limit:
+            if now - max(self._last_event[role], began) >= quiet:
+                return
+            time.sleep(0.02)
+
+    def _stop_runtime(self, role: str) -> None:
+        cid = self.containers.get(role)
+        if cid is None:
+            return
+        try:
+            if role == "gateway":  # SIGTERM lets the gateway report the bytes of open flows
+                self.api.stop(cid, timeout=2)
+            else:  # the agent writes each event as it happens: nothing is left to flush
+                if self._followers:
+                    self._quiesce("agent")
+                self.api.kill(cid)
+        except ENGINE_ERRORS:
+            pass
+
+def remove_by_label(client: docker.DockerClient, match: dict[str, str]) -> list[str]:
+    """Remove containers, then networks and volumes, whose labels include `match`."""
+    filters = {"label": [f"{k}={v}" for k, v in match.items()]}
+    removed: list[str] = []
+    for c in client.api.containers(all=True, filters=filters):
+        try:
+            client.api.remove_container(c["Id"], force=True, v=True)
+            removed.append(f"container {c['Names'][0].lstrip('/')}")
+        except NotFound:
+            pass
+    for n in client.api.networks(filters=filters):
+        try:
+            client.api.remove_network(n["Id"])
+            removed.append(f"network {n['Name']}")
+        except NotFound:
+            pass
+    for v in client.api.volumes(filters=filters).get("Volumes") or []:
+        try:
+            client.api.remove_volume(v["Name"], force=True)
+            removed.append(f"volume {v['Name']}")
+        except NotFound:
+            pass
+    return removed
+

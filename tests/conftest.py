@@ -26,9 +26,9 @@ from cryptography.x509.oid import NameOID
 from docker.errors import DockerException
 
 from sbx.attest.signing.local import KeyPair, keygen
-from sbx.pipelines.records import parse_time
-from sbx.pipelines.run import RunOptions, RunResult, run_file
-from sbx.pipelines.view import LiveView
+from sbx.pipelines.report.live import LiveView
+from sbx.pipelines.run.records import parse_time
+from sbx.pipelines.run.runner import RunOptions, RunResult, run_file
 from sbx.sandbox import images
 from sbx.sandbox.archive import pack_files
 

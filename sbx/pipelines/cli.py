@@ -28,11 +28,11 @@ from sbx.errors import (
     SbxError,
     one_line,
 )
-from sbx.pipelines.loader import load_yaml
-from sbx.pipelines.pipeline_spec import is_pipeline, validate_pipeline
-from sbx.pipelines.release import is_release_policy, validate_release_policy
-from sbx.pipelines.spec import step_json_schema, validate_step
-from sbx.pipelines.view import LiveView
+from sbx.pipelines.report.live import LiveView
+from sbx.pipelines.spec.loader import load_yaml
+from sbx.pipelines.spec.pipeline import is_pipeline, validate_pipeline
+from sbx.pipelines.spec.release import is_release_policy, validate_release_policy
+from sbx.pipelines.spec.step import step_json_schema, validate_step
 
 
 class Command(enum.StrEnum):
@@ -139,9 +139,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace, console: Console) -> int:
-    from sbx.pipelines.alerts import check_webhook_url
-    from sbx.pipelines.evidence import SigningOptions
-    from sbx.pipelines.run import RunOptions, run_file
+    from sbx.pipelines.report.alerts import check_webhook_url
+    from sbx.pipelines.run.evidence import SigningOptions
+    from sbx.pipelines.run.runner import RunOptions, run_file
 
     signing = SigningOptions(signer=args.signer, key=args.key,
                              identity_token=args.identity_token,
@@ -162,7 +162,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from sbx.attest.errors import EvidenceInputError
-    from sbx.pipelines.report import write_html
+    from sbx.pipelines.report.html import write_html
     from sbx.pipelines.verify import VerifyOptions, verify
 
     if not args.run_dir.is_dir():
@@ -186,8 +186,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from sbx.pipelines.plan import plan, recorded_flows, render_plan
-    from sbx.pipelines.run import load_run_file
+    from sbx.pipelines.policy_tools import plan, recorded_flows, render_plan
+    from sbx.pipelines.run.runner import load_run_file
 
     _, pipeline, _ = load_run_file(args.file)
     policies = {s.spec.name: s.spec.policy() for s in pipeline.steps}
@@ -196,7 +196,7 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _learn(args: argparse.Namespace) -> int:
-    from sbx.pipelines.plan import learn, recorded_flows, render_learn, unlearnable
+    from sbx.pipelines.policy_tools import learn, recorded_flows, render_learn, unlearnable
 
     flows = recorded_flows(args.run_dir)
     print(render_learn(learn(flows), unlearnable(flows)), end="")
@@ -279,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _lint(args)
             case Command.SCHEMA:
                 from sbx.attest.verify.policy import release_policy_schema
-                from sbx.pipelines.pipeline_spec import pipeline_json_schema
+                from sbx.pipelines.spec.pipeline import pipeline_json_schema
 
                 schema = (release_policy_schema() if args.release_policy
                           else pipeline_json_schema() if args.pipeline else step_json_schema())

@@ -15,8 +15,8 @@ from sbx.attest.verify.checks import Status
 from sbx.attest.verify.policy import DEFAULT_POLICY, ReleasePolicy
 from sbx.attest.verify.trust import IdentityTrust, KeyTrust, Trust
 from sbx.attest.verify.verifier import Report, verify_run
-from sbx.pipelines.evidence import DEFAULT_KEY_DIR
-from sbx.pipelines.release import load_release_policy
+from sbx.pipelines.run.evidence import DEFAULT_KEY_DIR
+from sbx.pipelines.spec.release import load_release_policy
 
 
 @dataclass(frozen=True)

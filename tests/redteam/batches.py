@@ -19,7 +19,7 @@ from typing import Any
 import docker
 import pytest
 
-from sbx.pipelines.run import host_addresses
+from sbx.pipelines.run.runner import host_addresses
 from tests.conftest import Internet
 from tests.redteam import netattacks as na
 from tests.redteam.harness import (

@@ -130,7 +130,7 @@ EXISTING: dict[str, str] = {
         f"{_ISO}::test_step_has_no_privileges_and_sees_no_docker_socket",
     "evidence/existing-symlink-output": f"{_ISO}::test_symlinked_output_is_refused",
     "cross-step/existing-sibling-addresses-and-names":
-        "tests/pipelines/test_pipeline.py::test_a_step_cannot_reach_its_sibling_by_address_or_name",
+        "tests/pipelines/run/test_pipeline.py::test_a_step_cannot_reach_its_sibling_by_address_or_name",
 }
 
 # Not blocked by design: the policy makes these the allowed host (see netattacks.py).

@@ -21,9 +21,9 @@ from typing import Any
 import docker
 import yaml
 
-from sbx.pipelines.records import parse_time
-from sbx.pipelines.run import RunOptions, RunResult, run_file
-from sbx.pipelines.view import LiveView
+from sbx.pipelines.report.live import LiveView
+from sbx.pipelines.run.records import parse_time
+from sbx.pipelines.run.runner import RunOptions, RunResult, run_file
 from sbx.sandbox.archive import pack_files
 
 HERE = Path(__file__).parent

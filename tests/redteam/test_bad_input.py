@@ -20,7 +20,7 @@ import pytest
 
 from sbx.errors import EXIT_INPUT
 from sbx.pipelines.cli import main
-from sbx.pipelines.loader import MAX_BYTES
+from sbx.pipelines.spec.loader import MAX_BYTES
 
 DATA = Path(__file__).parents[1] / "data"
 CORPUS = sorted(p for d in ("bad_steps", "bad_pipelines", "bad_policies")

@@ -20,8 +20,8 @@ import pytest
 from sbx.attest.signing.interface import Payload, Signed, Signer, SignerKind
 from sbx.attest.signing.local import KeyPair
 from sbx.errors import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK
-from sbx.pipelines import evidence as ev
 from sbx.pipelines.cli import main
+from sbx.pipelines.run import evidence as ev
 from sbx.sandbox.sandbox import LOG_LIMIT
 from tests.conftest import Internet, only_step
 from tests.redteam.faults_support import (

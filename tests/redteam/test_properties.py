@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sbx.errors import EXIT_INPUT, SpecError
-from sbx.pipelines.loader import load_yaml
-from sbx.pipelines.spec import validate_step
+from sbx.pipelines.spec.loader import load_yaml
+from sbx.pipelines.spec.step import validate_step
 from sbx.sandbox.policy import PolicyError, Rule, is_internal, parse_rule
 
 _label = st.from_regex(r"[a-z][a-z0-9]{0,9}", fullmatch=True)

@@ -3,7 +3,7 @@
 STANDARD LIBRARY ONLY. This package is copied into the gateway image and imported
 there, where neither pydantic nor any other third-party package exists (every module
 imports only the standard library and its siblings, relatively). The host side
-(``sbx.pipelines.spec``) adds checks that need third-party data, such as the
+(``sbx.pipelines.spec.step``) adds checks that need third-party data, such as the
 public-suffix refusal for wildcards.
 
 An allow entry is one of::

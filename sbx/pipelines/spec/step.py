@@ -1,7 +1,7 @@
 """The step file: pydantic models, validation and one-line errors.
 
 `load_step(path)` is the entry point: it loads the YAML safely
-(`sbx.pipelines.loader`), validates it against `StepSpec` and turns the first
+(`sbx.pipelines.spec.loader`), validates it against `StepSpec` and turns the first
 problem into a `SpecError` naming the file, line, dotted field and the fix.
 """
 
@@ -33,7 +33,7 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from sbx.errors import SpecError
-from sbx.pipelines.loader import FieldPath, LoadedDoc, load_yaml
+from sbx.pipelines.spec.loader import FieldPath, LoadedDoc, load_yaml
 from sbx.sandbox import policy as pol
 
 # --------------------------------------------------------------------------- refusals

@@ -22,11 +22,11 @@ from typing import Any
 from sbx.attest.digests import sha256_file
 from sbx.attest.model import Artifact
 from sbx.errors import EXIT_FAILED, SbxError, is_disk_failure, run_dir_failure
-from sbx.pipelines.alerts import WebhookAlerter
-from sbx.pipelines.evidence import workspace_materials
-from sbx.pipelines.pipeline_spec import PlannedStep
-from sbx.pipelines.records import FLOW_VERDICTS, EventLog, Masker, parse_time, write_json
-from sbx.pipelines.view import LiveView
+from sbx.pipelines.report.alerts import WebhookAlerter
+from sbx.pipelines.report.live import LiveView
+from sbx.pipelines.run.evidence import workspace_materials
+from sbx.pipelines.run.records import FLOW_VERDICTS, EventLog, Masker, parse_time, write_json
+from sbx.pipelines.spec.pipeline import PlannedStep
 from sbx.sandbox.archive import OutputFile
 from sbx.sandbox.config import ProbeResult, SandboxFacts, StepConfig
 from sbx.sandbox.engine import is_unreachable, lost

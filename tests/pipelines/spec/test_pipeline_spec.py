@@ -9,11 +9,11 @@ import yaml
 
 from sbx.errors import EXIT_INPUT, EXIT_OK
 from sbx.pipelines.cli import main
-from sbx.pipelines.loader import load_yaml
-from sbx.pipelines.pipeline_spec import validate_pipeline
+from sbx.pipelines.spec.loader import load_yaml
+from sbx.pipelines.spec.pipeline import validate_pipeline
 
-BAD = sorted((Path(__file__).parents[1] / "data" / "bad_pipelines").glob("*.yaml"))
-WHEEL = Path(__file__).parents[2] / "examples" / "wheel" / "pipeline.yaml"
+BAD = sorted((Path(__file__).parents[2] / "data" / "bad_pipelines").glob("*.yaml"))
+WHEEL = Path(__file__).parents[3] / "examples" / "wheel" / "pipeline.yaml"
 
 
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])

@@ -21,8 +21,8 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from sbx.errors import SpecError
-from sbx.pipelines.loader import LoadedDoc
-from sbx.pipelines.spec import (
+from sbx.pipelines.spec.loader import LoadedDoc
+from sbx.pipelines.spec.step import (
     _NAME_RE,
     InputPath,
     OutputPath,

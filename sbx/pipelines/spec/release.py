@@ -7,13 +7,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from sbx.attest.verify.policy import ReleasePolicy
-from sbx.pipelines.loader import LoadedDoc, load_yaml
-from sbx.pipelines.spec import to_spec_error
+from sbx.pipelines.spec.loader import LoadedDoc, load_yaml
+from sbx.pipelines.spec.step import to_spec_error
 
 
 def is_release_policy(loaded: LoadedDoc) -> bool:
     """A document with any field only release policies have (`version:`, `isolation:`...)."""
-    from sbx.pipelines.spec import StepSpec
+    from sbx.pipelines.spec.step import StepSpec
 
     only_policy = set(ReleasePolicy.model_fields) - set(StepSpec.model_fields)
     return isinstance(loaded.data, dict) and bool(only_policy & set(loaded.data))

@@ -29,7 +29,7 @@ from typing import Any
 
 from sbx import __version__
 from sbx.errors import InputError
-from sbx.pipelines.records import is_decision
+from sbx.pipelines.run.records import is_decision
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sbx.errors import InputError
-from sbx.pipelines.plan import (
+from sbx.pipelines.policy_tools import (
     Change,
     Flow,
     PlanResult,

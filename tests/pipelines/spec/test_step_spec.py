@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from sbx.errors import EXIT_INPUT, SpecError
-from sbx.pipelines.loader import load_yaml
-from sbx.pipelines.spec import (
+from sbx.pipelines.spec.loader import load_yaml
+from sbx.pipelines.spec.step import (
     DANGEROUS_FIELDS,
     EgressMode,
     StepSpec,
@@ -23,7 +23,7 @@ from sbx.pipelines.spec import (
 )
 from sbx.sandbox.policy import Policy
 
-BAD_STEPS = Path(__file__).resolve().parent.parent / "data" / "bad_steps"
+BAD_STEPS = Path(__file__).resolve().parents[2] / "data" / "bad_steps"
 _EXPECT = re.compile(r"^# expect: (.+)$", re.MULTILINE)
 
 MINIMAL = 'name: hello\nimage: sbx-step:bookworm\nrun: "echo hi"\n'

@@ -38,8 +38,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sbx.pipelines.alerts import destination
-from sbx.pipelines.records import is_decision, parse_time
+from sbx.pipelines.report.alerts import destination
+from sbx.pipelines.run.records import is_decision, parse_time
 
 STEP_CLASSNAME = "sbx.steps"
 EGRESS_CLASSNAME = "sbx.egress"

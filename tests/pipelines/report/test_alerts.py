@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from sbx.errors import InputError
-from sbx.pipelines.alerts import (
+from sbx.pipelines.report.alerts import (
     AlertStats,
     WebhookAlerter,
     WebhookOptions,
@@ -27,7 +27,7 @@ from sbx.pipelines.alerts import (
     check_webhook_url,
     is_violation,
 )
-from sbx.pipelines.records import EventLog, Masker
+from sbx.pipelines.run.records import EventLog, Masker
 
 RUN_ID = "20261122T101500Z-1a2b3c4d"
 HANG = -1  # a scripted "status" meaning: accept the request and never answer

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sbx.attest.verify.evidence import ATTESTATIONS_DIR, BUNDLE_FILE, EVENTS_FILE
-from sbx.pipelines.records import is_decision, parse_time
+from sbx.pipelines.run.records import is_decision, parse_time
 
 RUN_FILE: Final = "run.json"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sbx.errors import EXIT_INPUT, SpecError
-from sbx.pipelines.loader import MAX_BYTES, LoadedDoc, load_yaml
+from sbx.pipelines.spec.loader import MAX_BYTES, LoadedDoc, load_yaml
 
 
 def _write(tmp_path: Path, text: str, name: str = "doc.yaml") -> Path:

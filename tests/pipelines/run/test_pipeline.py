@@ -19,7 +19,7 @@ from sbx.attest.verify.trust import KeyTrust
 from sbx.attest.verify.verifier import verify_run
 from sbx.errors import EXIT_FAILED, EXIT_OK
 from sbx.pipelines.cli import main
-from sbx.pipelines.records import parse_time
+from sbx.pipelines.run.records import parse_time
 from tests.conftest import Internet
 
 pytestmark = pytest.mark.docker

@@ -21,7 +21,7 @@ from sbx.attest.signing.keyless import SigstoreSigner, find_token
 from sbx.attest.signing.local import PRIVATE_NAME, LocalSigner, keygen
 from sbx.attest.statements import run_payloads
 from sbx.attest.store import write_signed, write_unsigned
-from sbx.pipelines.records import is_decision, parse_time
+from sbx.pipelines.run.records import is_decision, parse_time
 from sbx.sandbox.config import ProbeResult, SandboxFacts
 
 DEFAULT_KEY_DIR = Path(".sbx/keys")

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from sbx.pipelines.records import is_decision
+from sbx.pipelines.run.records import is_decision
 
 _STATUS_STYLE = {"succeeded": "green", "skipped": "dim", "running": "cyan",
                  "interrupted": "yellow"}

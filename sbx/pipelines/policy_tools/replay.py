@@ -37,7 +37,7 @@ from typing import Any, Final
 import yaml
 
 from sbx.errors import InputError
-from sbx.pipelines.records import is_decision, parse_time
+from sbx.pipelines.run.records import is_decision, parse_time
 from sbx.sandbox.network import STEP_POOL
 from sbx.sandbox.policy import (
     IPNetwork,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sbx.pipelines.records import EventLog, Masker, is_decision, parse_time, write_json
+from sbx.pipelines.run.records import EventLog, Masker, is_decision, parse_time, write_json
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 

@@ -35,15 +35,15 @@ from sbx.errors import (
     is_disk_failure,
     run_dir_failure,
 )
-from sbx.pipelines import evidence as ev
-from sbx.pipelines.alerts import WebhookAlerter, WebhookOptions
-from sbx.pipelines.ci_reports import write_codequality, write_junit
-from sbx.pipelines.executor import Executor, StepState, step_record, write_record
-from sbx.pipelines.loader import LoadedDoc, load_yaml
-from sbx.pipelines.pipeline_spec import Pipeline, PlannedStep, is_pipeline, validate_pipeline
-from sbx.pipelines.records import EventListener, EventLog, Masker
-from sbx.pipelines.spec import StepSpec, spec_digest, validate_step
-from sbx.pipelines.view import LiveView
+from sbx.pipelines.report.alerts import WebhookAlerter, WebhookOptions
+from sbx.pipelines.report.ci import write_codequality, write_junit
+from sbx.pipelines.report.live import LiveView
+from sbx.pipelines.run import evidence as ev
+from sbx.pipelines.run.executor import Executor, StepState, step_record, write_record
+from sbx.pipelines.run.records import EventListener, EventLog, Masker
+from sbx.pipelines.spec.loader import LoadedDoc, load_yaml
+from sbx.pipelines.spec.pipeline import Pipeline, PlannedStep, is_pipeline, validate_pipeline
+from sbx.pipelines.spec.step import StepSpec, spec_digest, validate_step
 from sbx.sandbox import engine, images, labels
 from sbx.sandbox.config import Limits, SandboxOptions, StepConfig
 from sbx.sandbox.engine import ENGINE_ERRORS, is_unreachable

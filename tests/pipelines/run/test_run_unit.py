@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from sbx.errors import SpecError
-from sbx.pipelines.run import command_of, resolve_inputs, step_config
-from sbx.pipelines.spec import StepSpec, load_step
+from sbx.pipelines.run.runner import command_of, resolve_inputs, step_config
+from sbx.pipelines.spec.step import StepSpec, load_step
 
 
 def write_step(directory: Path, **fields: object) -> tuple[StepSpec, Path]:
@@ -180,7 +180,7 @@ def test_step_config_carries_secrets_command_and_inputs(workspace: Path) -> None
 
 def test_runs_started_together_get_distinct_docker_names() -> None:
     """Object names embed the whole run id: two runs of one step never collide."""
-    from sbx.pipelines.run import new_run_id
+    from sbx.pipelines.run.runner import new_run_id
     from sbx.sandbox.labels import object_name
 
     names = {object_name(new_run_id(), "hello", "gateway") for _ in range(50)}

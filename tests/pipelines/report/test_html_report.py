@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from sbx.pipelines.report import (
+from sbx.pipelines.report.html import (
     FAILED_FILL,
     SKIPPED_FILL,
     SUCCEEDED_FILL,

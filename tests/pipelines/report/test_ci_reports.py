@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from sbx.pipelines.ci_reports import findings, write_codequality, write_junit
-from sbx.pipelines.records import parse_time
+from sbx.pipelines.report.ci import findings, write_codequality, write_junit
+from sbx.pipelines.run.records import parse_time
 
 T0 = datetime(2026, 11, 22, 10, 15, 0, tzinfo=UTC)
 RUN_ID = "20261122T101500Z-1a2b3c4d"

@@ -9,11 +9,11 @@ import pytest
 
 from sbx.errors import EXIT_INPUT, EXIT_OK
 from sbx.pipelines.cli import main
-from sbx.pipelines.release import load_release_policy
+from sbx.pipelines.spec.release import load_release_policy
 
-DATA = Path(__file__).parents[1] / "data"
+DATA = Path(__file__).parents[2] / "data"
 BAD = sorted((DATA / "bad_policies").glob("*.yaml"))
-EXAMPLE = Path(__file__).parents[2] / "examples" / "release-policy.yaml"
+EXAMPLE = Path(__file__).parents[3] / "examples" / "release-policy.yaml"
 
 
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from sbx.errors import SpecError
+from sbx.pipelines.spec.errors import to_spec_error
 from sbx.pipelines.spec.loader import LoadedDoc
 from sbx.pipelines.spec.step import (
     _NAME_RE,
@@ -28,7 +29,6 @@ from sbx.pipelines.spec.step import (
     OutputPath,
     StepSpec,
     _Model,
-    to_spec_error,
 )
 
 MAX_STEPS = 64

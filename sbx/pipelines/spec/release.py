@@ -7,8 +7,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from sbx.attest.verify.policy import ReleasePolicy
+from sbx.pipelines.spec.errors import to_spec_error
 from sbx.pipelines.spec.loader import LoadedDoc, load_yaml
-from sbx.pipelines.spec.step import to_spec_error
 
 
 def is_release_policy(loaded: LoadedDoc) -> bool:

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from sbx.errors import EXIT_INPUT, SpecError
+from sbx.pipelines.spec.errors import DANGEROUS_FIELDS, format_field
 from sbx.pipelines.spec.loader import load_yaml
 from sbx.pipelines.spec.step import (
-    DANGEROUS_FIELDS,
     EgressMode,
     StepSpec,
-    format_field,
     load_step,
     parse_memory,
     spec_digest,

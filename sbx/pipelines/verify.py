@@ -11,7 +11,7 @@ from rich.table import Table
 
 from sbx.attest.errors import EvidenceInputError
 from sbx.attest.signing.local import PUBLIC_NAME, load_public_key
-from sbx.attest.verify.checks import Status
+from sbx.attest.verify.model import Status
 from sbx.attest.verify.policy import DEFAULT_POLICY, ReleasePolicy
 from sbx.attest.verify.trust import IdentityTrust, KeyTrust, Trust
 from sbx.attest.verify.verifier import Report, verify_run

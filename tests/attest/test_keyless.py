@@ -16,7 +16,7 @@ from sbx.attest.signing.keyless import SigstoreSigner, find_token
 from sbx.attest.signing.local import KeyPair
 from sbx.attest.statements import run_payloads
 from sbx.attest.store import write_signed
-from sbx.attest.verify.checks import Status
+from sbx.attest.verify.model import Status
 from sbx.attest.verify.policy import DEFAULT_POLICY
 from sbx.attest.verify.trust import IdentityTrust, KeyTrust
 from sbx.attest.verify.verifier import verify_run

@@ -17,7 +17,7 @@ from securesystemslib.signer import CryptoSigner
 from sbx.attest.model import Probe
 from sbx.attest.signing.local import keygen, load_public_key, load_signer
 from sbx.attest.statements import PAYLOAD_TYPE, canonical
-from sbx.attest.verify.checks import Check, Status
+from sbx.attest.verify.model import Check, Status
 from sbx.attest.verify.policy import DEFAULT_POLICY, IsolationPolicy, ReleasePolicy
 from sbx.attest.verify.trust import KeyTrust
 from sbx.attest.verify.verifier import Report, verify_run

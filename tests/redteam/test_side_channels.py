@@ -14,7 +14,7 @@ import docker
 import pytest
 
 from sbx.attest.signing.local import KeyPair, load_public_key
-from sbx.attest.verify.checks import Check, Status
+from sbx.attest.verify.model import Check, Status
 from sbx.attest.verify.policy import DEFAULT_POLICY
 from sbx.attest.verify.trust import KeyTrust
 from sbx.attest.verify.verifier import verify_run

@@ -8,168 +8,37 @@ names what failed and where.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
+from collections.abc import Sequence
 
 from sbx.attest.statements import Kind
-from sbx.attest.verify.policy import ReleasePolicy, destination_allowed
+from sbx.attest.verify.isolation import check_isolation
+from sbx.attest.verify.model import (
+    Check,
+    CheckResult,
+    Observed,
+    Opened,
+    Rejected,
+    Status,
+    _index,
+    _result,
+    _Run,
+)
+from sbx.attest.verify.policy import ReleasePolicy
 from sbx.attest.wire import (
     IsolationPredicate,
     LinkPredicate,
     ProvenancePredicate,
-    RunRef,
-    Sandbox,
-    StatementWire,
 )
 
-
-class Check(StrEnum):
-    """Every check `sbx verify` runs, in report order."""
-
-    SIGNATURES = "signatures"
-    STATEMENTS = "statements"
-    COMPLETENESS = "completeness"
-    RUN_BINDING = "run-binding"
-    ARTIFACT_CHAIN = "artifact-chain"
-    RUN_FILES = "run-files"
-    RELEASE_ARTIFACTS = "release-artifacts"
-    STEPS_SUCCEEDED = "steps-succeeded"
-    INTERNAL_NETWORK = "isolation.internal-network"
-    DISTINCT_NETWORKS = "isolation.distinct-networks"
-    CAPABILITIES = "isolation.capabilities"
-    PROBES = "isolation.probes"
-    DENIED_FLOWS = "isolation.denied-flows"
-    EGRESS_MODE = "isolation.egress-mode"
-    DESTINATIONS = "isolation.destinations"
-
-
-class Status(StrEnum):
-    """A check passes, fails, or does not apply (skip)."""
-
-    PASS = "pass"
-    FAIL = "fail"
-    SKIP = "skip"
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One row of the report."""
-
-    check: Check
-    status: Status
-    reason: str
-
-
-@dataclass(frozen=True)
-class Opened:
-    """A Statement whose signature verified and whose shape is sbx's."""
-
-    source: str  # file name in the run directory
-    sha256: str  # of the signed payload bytes
-    signer: str
-    statement: StatementWire
-    predicate: LinkPredicate | IsolationPredicate | ProvenancePredicate
-
-    @property
-    def kind(self) -> Kind:
-        """link, isolation or provenance."""
-        if isinstance(self.predicate, LinkPredicate):
-            return Kind.LINK
-        if isinstance(self.predicate, IsolationPredicate):
-            return Kind.ISOLATION
-        return Kind.PROVENANCE
-
-    @property
-    def step(self) -> str | None:
-        """The step a link or isolation Statement is about."""
-        if isinstance(self.predicate, LinkPredicate):
-            return self.predicate.name
-        if isinstance(self.predicate, IsolationPredicate):
-            return self.predicate.step
-        return None
-
-    @property
-    def run(self) -> RunRef:
-        """The run binding, wherever this predicate type keeps it."""
-        p = self.predicate
-        if isinstance(p, LinkPredicate):
-            return p.environment.run
-        if isinstance(p, IsolationPredicate):
-            return p.run
-        return p.buildDefinition.internalParameters.run
-
-    def subjects(self) -> dict[str, str]:
-        """Subject name -> sha256."""
-        return {s.name: s.sha256 or "" for s in self.statement.subject}
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A document that was not accepted, and why."""
-
-    source: str
-    reason: str
-    signature: bool  # True: the signature failed; False: the payload is not sbx's
-
-
-@dataclass(frozen=True)
-class Observed:
-    """What the verifier found on disk and was given on the command line."""
-
-    files: Mapping[str, str | None]  # run-dir name -> sha256, None when missing
-    events: Mapping[str, tuple[str, int]]  # step -> (sha256, count) in events.jsonl
-    artifacts: tuple[tuple[str, str], ...] = ()  # (path given, sha256)
-
-
-@dataclass
-class _Run:
-    """The accepted Statements of the run, indexed."""
-
-    provenance: Opened | None
-    steps: list[str]
-    links: dict[str, list[Opened]] = field(default_factory=lambda: defaultdict(list))
-    isolations: dict[str, list[Opened]] = field(default_factory=lambda: defaultdict(list))
-
-    def link(self, step: str) -> LinkPredicate | None:
-        found = self.links.get(step) or []
-        return found[0].predicate if found and isinstance(found[0].predicate,
-                                                          LinkPredicate) else None
-
-    def sandboxes(self) -> list[tuple[str, Sandbox | None]]:
-        """Each step's sandbox; steps skipped before their command ran are left out:
-        nothing ran in them, so there is nothing to have isolated."""
-        out: list[tuple[str, Sandbox | None]] = []
-        for step in sorted(self.isolations):
-            link = self.link(step)
-            if link is not None and link.byproducts.status == "skipped":
-                continue
-            for o in self.isolations[step]:
-                assert isinstance(o.predicate, IsolationPredicate)
-                out.append((step, o.predicate.sandbox))
-        return out
-
-
-def _index(opened: Sequence[Opened]) -> _Run:
-    provs = [o for o in opened if o.kind is Kind.PROVENANCE]
-    prov = provs[0] if len(provs) == 1 else None
-    steps = (list(prov.predicate.buildDefinition.externalParameters.steps)
-             if prov and isinstance(prov.predicate, ProvenancePredicate) else [])
-    run = _Run(prov, steps)
-    for o in opened:
-        if o.kind is Kind.LINK and o.step is not None:
-            run.links[o.step].append(o)
-        elif o.kind is Kind.ISOLATION and o.step is not None:
-            run.isolations[o.step].append(o)
-    return run
-
-
-def _result(check: Check, problems: list[str], ok: str) -> CheckResult:
-    if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
-        return CheckResult(check, Status.FAIL, "; ".join(problems[:3]) + more)
-    return CheckResult(check, Status.PASS, ok)
+__all__ = [
+    "Check",
+    "CheckResult",
+    "Observed",
+    "Opened",
+    "Rejected",
+    "Status",
+    "run_checks",
+]
 
 
 def check_signatures(opened: Sequence[Opened], rejected: Sequence[Rejected],
@@ -363,116 +232,6 @@ def check_steps_succeeded(run: _Run, policy: ReleasePolicy) -> CheckResult:
     return _result(Check.STEPS_SUCCEEDED, problems, f"{len(run.steps)} step(s) exited 0")
 
 
-def _per_sandbox(check: Check, enabled: bool, what: str,
-                 judge: Iterable[tuple[str, Sandbox | None]],
-                 test: Callable[[str, Sandbox], str | None]) -> CheckResult:
-    if not enabled:
-        return CheckResult(check, Status.SKIP, "not required by the policy")
-    problems: list[str] = []
-    count = 0
-    for step, sandbox in judge:
-        count += 1
-        if sandbox is None:
-            problems.append(f"{step}: no sandbox came up")
-            continue
-        problem = test(step, sandbox)
-        if problem:
-            problems.append(f"{step}: {problem}")
-    if count == 0:
-        problems.append("no isolation Statements")
-    return _result(check, problems, f"{count} step(s): {what}")
-
-
-def _capabilities(_: str, s: Sandbox) -> str | None:
-    if "ALL" not in s.step.capDrop:
-        return f"capabilities not all dropped (cap_drop {s.step.capDrop})"
-    if s.step.capAdd:
-        return f"capabilities added: {', '.join(s.step.capAdd)}"
-    if s.step.privileged:
-        return "privileged container"
-    if not any(o.startswith("no-new-privileges") for o in s.step.securityOpt):
-        return "no-new-privileges not set"
-    if not s.agentCaps:
-        return "the agent did not report its capabilities"
-    sets = {k: v for k, v in s.agentCaps.items() if k.startswith("Cap")}
-    try:
-        left = [k for k, v in sorted(sets.items()) if int(v, 16)]
-    except ValueError:
-        return "the agent's capability sets are not hexadecimal"
-    if len(sets) < 5 or left:
-        return f"the agent kept capabilities ({', '.join(left) or 'sets missing'})"
-    if s.agentCaps.get("NoNewPrivs") != "1":
-        return "the agent runs without no-new-privs"
-    return None
-
-
-def _probes(_: str, s: Sandbox) -> str | None:
-    if not s.probes:
-        return "no probes were run"
-    through = [f"{p.name} {p.target}" for p in [*s.probes, *s.peerProbes] if not p.blocked]
-    return f"probes got through: {', '.join(through)}" if through else None
-
-
-def check_isolation(run: _Run, policy: ReleasePolicy) -> list[CheckResult]:
-    """Every isolation claim the release policy asks for."""
-    iso = policy.isolation
-    boxes = run.sandboxes()
-    results = [
-        _per_sandbox(Check.INTERNAL_NETWORK, iso.internal_network,
-                     "each on an internal network", boxes,
-                     lambda _, s: None if s.network.internal
-                     else f"network {s.network.name} is not internal"),
-        _distinct(iso.distinct_networks, boxes),
-        _per_sandbox(Check.CAPABILITIES, iso.no_capabilities,
-                     "no capabilities, no-new-privileges", boxes, _capabilities),
-        _per_sandbox(Check.PROBES, iso.probes_blocked, "every probe blocked", boxes,
-                     _probes),
-        _per_sandbox(Check.DENIED_FLOWS, True,
-                     f"at most {iso.max_denied_flows} denied flow(s) each", boxes,
-                     lambda _, s: None if s.flows.get("denied", 0) <= iso.max_denied_flows
-                     else f"{s.flows.get('denied', 0)} denied egress attempt(s), the policy "
-                     f"allows {iso.max_denied_flows}"),
-        _per_sandbox(Check.EGRESS_MODE, not iso.allow_audit_mode, "egress enforced",
-                     boxes, lambda _, s: None if s.policy.get("mode") == "enforce"
-                     else f"egress policy mode is {s.policy.get('mode')!r}, not enforce"),
-        _per_sandbox(Check.DESTINATIONS, bool(policy.destinations),
-                     "destinations within the policy", boxes,
-                     lambda step, s: _destinations(policy, step, s)),
-    ]
-    return results
-
-
-def _destinations(policy: ReleasePolicy, step: str, s: Sandbox) -> str | None:
-    allowed = policy.destinations_for(step)
-    if allowed is None:
-        return None
-    extra = [d for d in s.destinations if not destination_allowed(d, allowed)]
-    return f"reached {', '.join(extra)}, outside the policy's set" if extra else None
-
-
-def _distinct(enabled: bool,
-              boxes: list[tuple[str, Sandbox | None]]) -> CheckResult:
-    if not enabled:
-        return CheckResult(Check.DISTINCT_NETWORKS, Status.SKIP, "not required by the policy")
-    problems: list[str] = []
-    owners: dict[str, set[str]] = defaultdict(set)
-    for step, s in boxes:
-        if s is None:
-            problems.append(f"{step}: no sandbox came up")
-            continue
-        for key in [f"network {s.network.id[:12]}", f"subnet {s.network.subnet}",
-                    *(f"container {c[:12]}" for c in s.network.attached),
-                    *(f"container {c[:12]}" for c in s.containers.values())]:
-            owners[key].add(step)
-    counts = Counter(step for step, _ in boxes)
-    problems += [f"step {step!r} has {n} isolation Statements" for step, n in counts.items()
-                 if n > 1]
-    problems += [f"{key} shared by {', '.join(sorted(steps))}"
-                 for key, steps in sorted(owners.items()) if len(steps) > 1]
-    return _result(Check.DISTINCT_NETWORKS, problems,
-                   f"{len(boxes)} step(s), no network or container shared")
-
-
 def run_checks(opened: Sequence[Opened], rejected: Sequence[Rejected], observed: Observed,
                policy: ReleasePolicy, trust: str) -> list[CheckResult]:
     """Every check, in report order."""
@@ -488,3 +247,4 @@ def run_checks(opened: Sequence[Opened], rejected: Sequence[Rejected], observed:
         check_steps_succeeded(run, policy),
         *check_isolation(run, policy),
     ]
+

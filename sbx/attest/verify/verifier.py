@@ -16,14 +16,8 @@ from pydantic import ValidationError
 
 from sbx.attest.statements import LINK_TYPE, PROVENANCE_TYPE, canonical
 from sbx.attest.verify import evidence
-from sbx.attest.verify.checks import (
-    CheckResult,
-    Observed,
-    Opened,
-    Rejected,
-    Status,
-    run_checks,
-)
+from sbx.attest.verify.checks import run_checks
+from sbx.attest.verify.model import CheckResult, Observed, Opened, Rejected, Status
 from sbx.attest.verify.policy import ReleasePolicy
 from sbx.attest.verify.trust import Trust, TrustFailure
 from sbx.attest.wire import PREDICATES, StatementWire

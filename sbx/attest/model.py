@@ -39,12 +39,17 @@ class RunBinding:
     run_id: str
     spec_digest: str  # hex sha256 of the step or pipeline file's bytes
     git_commit: str | None = None
+    # Binds the jobs of one pipeline run as one GitLab job per step: evidence of
+    # another pipeline cannot be mixed into the set `sbx verify` checks.
+    pipeline_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The `run` object inside each predicate."""
         data: dict[str, Any] = {"id": self.run_id, "specDigest": {"sha256": self.spec_digest}}
         if self.git_commit:
             data["gitCommit"] = self.git_commit
+        if self.pipeline_id:
+            data["pipelineId"] = self.pipeline_id
         return data
 
 
@@ -118,3 +123,6 @@ class RunEvidence:
     ended: str
     interrupted: bool = False
     ci: Mapping[str, str] = field(default_factory=dict)
+    # Every step of the pipeline file when this run is one job of it (`sbx run --step`):
+    # the verifier of the set of jobs takes completeness from here.
+    pipeline_steps: tuple[str, ...] = ()

@@ -143,14 +143,17 @@ def provenance_payload(run: RunEvidence, step_payloads: list[Payload]) -> Payloa
                                  "annotations": {"kind": "container-image"}})
         dependencies += [a.descriptor() for a in step.materials if a.source == "workspace"]
     internal: dict[str, Any] = {"run": run.binding.to_dict(), "interrupted": run.interrupted}
+    external: dict[str, Any] = {"spec": {"path": run.spec_path,
+                                         "digest": {"sha256": run.binding.spec_digest}},
+                                "steps": [s.name for s in run.steps]}
+    if run.pipeline_steps:
+        external["pipelineSteps"] = list(run.pipeline_steps)
     if run.ci:
         internal["ci"] = dict(run.ci)
     predicate = {
         "buildDefinition": {
             "buildType": BUILD_TYPE,
-            "externalParameters": {"spec": {"path": run.spec_path,
-                                            "digest": {"sha256": run.binding.spec_digest}},
-                                   "steps": [s.name for s in run.steps]},
+            "externalParameters": external,
             "internalParameters": internal,
             "resolvedDependencies": dependencies,
         },

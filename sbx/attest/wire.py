@@ -43,10 +43,11 @@ class RunRef(_Wire):
     id: str
     specDigest: dict[str, str]
     gitCommit: str | None = None
+    pipelineId: str | None = None
 
-    def key(self) -> tuple[str, str, str | None]:
+    def key(self) -> tuple[str, str, str | None, str | None]:
         """What must agree across all Statements of one run."""
-        return (self.id, self.specDigest.get("sha256", ""), self.gitCommit)
+        return (self.id, self.specDigest.get("sha256", ""), self.gitCommit, self.pipelineId)
 
 
 class LinkByproducts(_Wire):
@@ -153,6 +154,7 @@ class ExternalParameters(_Wire):
 
     spec: Spec
     steps: list[str]
+    pipelineSteps: list[str] | None = None
 
 
 class InternalParameters(_Wire):

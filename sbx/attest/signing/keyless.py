@@ -69,6 +69,7 @@ class SigstoreSigner:
             where = trust_config or "the public Sigstore instance"
             raise SigningError(f"sigstore: cannot load trust material for {where}: "
                                f"{_one_line(exc)}") from exc
+        self._raw_token = token
         try:
             self._token = IdentityToken(token)
         except Exception as exc:
@@ -76,6 +77,22 @@ class SigstoreSigner:
                                f"{_one_line(exc)}") from exc
         self._context = SigningContext.from_trust_config(trust)
         self._signer: Any = None
+
+    def certificate_identity(self) -> tuple[str, str]:
+        """The SAN and issuer Fulcio writes into this token's certificate.
+
+        Fulcio's mapping of claims: GitLab's `ci_config_ref_uri` as an https URI, else
+        the e-mail address, else `sub`; the issuer is the token's `iss`. A job that
+        trusts "whoever signs like me" verifies its producers against this.
+        """
+        import jwt
+
+        claims = jwt.decode(self._raw_token, options={"verify_signature": False})
+        if claims.get("ci_config_ref_uri"):
+            san = f"https://{claims['ci_config_ref_uri']}"
+        else:
+            san = str(claims.get("email") or claims.get("sub") or "")
+        return san, str(claims.get("iss", ""))
 
     def describe(self) -> str:
         """The token's identity and issuer."""

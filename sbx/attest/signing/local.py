@@ -114,6 +114,13 @@ class LocalSigner:
         """The key id in every signature (securesystemslib's default for the key)."""
         return str(self._signer.public_key.keyid)
 
+    @property
+    def public_key(self) -> SSlibKey:
+        """The public half: what a verifier of this signer's documents trusts."""
+        key = self._signer.public_key
+        assert isinstance(key, SSlibKey)
+        return key
+
     def describe(self) -> str:
         """The key id and where the key is."""
         return f"ed25519 key {self.keyid} ({self.key_path})"

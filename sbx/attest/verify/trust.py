@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives import hashes
 from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import VerificationError as SslibVerificationError
 from securesystemslib.signer import Key
@@ -129,7 +130,10 @@ class IdentityTrust:
             raise TrustFailure(f"not a usable Sigstore bundle: {exc}") from exc
         if payload_type != PAYLOAD_TYPE:
             raise TrustFailure(f"payload type {payload_type!r}, not {PAYLOAD_TYPE}")
-        return Opened(payload, f"identity {self.identity}")
+        # The certificate's fingerprint tells one job's certificate from another's: a
+        # pipeline run as many jobs is signed with one certificate per job.
+        fingerprint = bundle.signing_certificate.fingerprint(hashes.SHA256()).hex()
+        return Opened(payload, f"identity {self.identity} (certificate {fingerprint[:16]})")
 
 
 def _trusted_root(path: Path | None) -> Any:

@@ -92,9 +92,9 @@ def open_document(doc: evidence.Document, trust: Trust) -> Opened | Rejected:
                   predicate)  # type: ignore[arg-type]
 
 
-def verify_run(run_dir: Path, trust: Trust, policy: ReleasePolicy,
-               artifacts: tuple[Path, ...] = ()) -> Report:
-    """Verify a run directory; trust failures are failed checks, not exceptions."""
+def open_run(run_dir: Path, trust: Trust, artifacts: tuple[Path, ...] = (),
+             ) -> tuple[list[Opened], list[Rejected], Observed]:
+    """Open every document of a run directory and read the files they name (I/O only)."""
     docs = evidence.documents(run_dir)
     outcomes = [open_document(d, trust) for d in docs]
     opened = [o for o in outcomes if isinstance(o, Opened)]
@@ -108,5 +108,12 @@ def verify_run(run_dir: Path, trust: Trust, policy: ReleasePolicy,
         files={n: evidence.file_sha256(run_dir, n) for n in sorted(names)},
         events=evidence.event_digests(run_dir),
         artifacts=tuple((str(p), evidence.artifact_sha256(p)) for p in artifacts))
+    return opened, rejected, observed
+
+
+def verify_run(run_dir: Path, trust: Trust, policy: ReleasePolicy,
+               artifacts: tuple[Path, ...] = ()) -> Report:
+    """Verify a run directory; trust failures are failed checks, not exceptions."""
+    opened, rejected, observed = open_run(run_dir, trust, artifacts)
     results = run_checks(opened, rejected, observed, policy, trust.describe())
     return Report(run_dir, trust.describe(), tuple(results))

@@ -1,0 +1,124 @@
+"""`sbx gitlab pipeline.yaml`: the pipeline as a GitLab child pipeline, one job per step.
+
+GitLab schedules: each step is a job on whichever runner is free, `needs:` mirrors
+the pipeline's DAG and brings each producer's run directory as an artifact, and a
+last job verifies all of them as one pipeline. The parent pipeline triggers the file
+with `trigger: include: artifact:` (a dynamic child pipeline); the CI/CD component
+in templates/ does both for a project that `include:`s it.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from sbx.pipelines.pipeline_spec import Pipeline
+
+DEFAULT_IMAGE = "python:3.11-bookworm"
+DEFAULT_INSTALL = "python -m pip install sbx"
+RUNS_DIR = "sbx-runs"
+JOB_PREFIX = "sbx:"
+# Fulcio's SAN for a GitLab job: the project's CI config at the full ref. The shell
+# expands it in the verify job, after SBX_SIGNED_REF is set from the branch or tag.
+DEFAULT_IDENTITY = "${CI_PROJECT_URL}//${CI_CONFIG_PATH}@${SBX_SIGNED_REF}"
+DEFAULT_ISSUER = "${CI_SERVER_URL}"
+
+
+@dataclass(frozen=True)
+class GitlabOptions:
+    """What the generated jobs run on and whom the verify job trusts."""
+
+    image: str = DEFAULT_IMAGE
+    install: str = DEFAULT_INSTALL
+    signer: str = "sigstore"  # or "local": SBX_SIGNING_KEY and SBX_PUBLIC_KEY are CI variables
+    cert_identity: str = DEFAULT_IDENTITY
+    cert_issuer: str = DEFAULT_ISSUER
+    policy: str | None = None
+    dind: bool = True
+
+
+def job_name(step: str) -> str:
+    """The GitLab job of a step."""
+    return f"{JOB_PREFIX}{step}"
+
+
+def run_dir(step: str) -> str:
+    """Where a step's job writes its run directory (and its artifact path)."""
+    return f"{RUNS_DIR}/{step}"
+
+
+def _quote(arg: str) -> str:
+    # Double quotes keep $VARIABLES for the job's shell; anything else is quoted plainly.
+    if "$" in arg and not any(c in arg for c in '"`\\'):
+        return f'"{arg}"'
+    return shlex.quote(arg)
+
+
+def _template(options: GitlabOptions) -> dict[str, Any]:
+    job: dict[str, Any] = {"image": options.image, "interruptible": True}
+    if options.dind:
+        # Every sandbox is made by a Docker engine; dind needs `privileged = true` runners.
+        job["services"] = [{"name": "docker:dind", "alias": "docker"}]
+        job["variables"] = {"DOCKER_HOST": "tcp://docker:2375", "DOCKER_TLS_CERTDIR": ""}
+    if options.signer == "sigstore":
+        # Each job gets its own token and so its own certificate for the same identity.
+        job["id_tokens"] = {"SIGSTORE_ID_TOKEN": {"aud": "sigstore"}}
+    job["before_script"] = [
+        options.install,
+        "apt-get update -qq && apt-get install -y -qq --no-install-recommends mmdebstrap",
+    ]
+    return job
+
+
+def child_pipeline(pipeline: Pipeline, spec_path: str,
+                   options: GitlabOptions = GitlabOptions()) -> dict[str, Any]:
+    """The child pipeline as a YAML-ready mapping."""
+    doc: dict[str, Any] = {"stages": ["sbx-steps", "sbx-verify"], ".sbx-step": _template(options)}
+    for planned in pipeline.steps:
+        step = planned.spec.name
+        argv = ["sbx", "run", spec_path, "--step", step, "--signer", options.signer,
+                "--out", run_dir(step)]
+        for need in planned.needs:
+            argv += ["--inputs-from", run_dir(need)]
+        doc[job_name(step)] = {
+            "stage": "sbx-steps",
+            "extends": ".sbx-step",
+            "needs": [{"job": job_name(n), "artifacts": True} for n in planned.needs],
+            "script": [" ".join(_quote(a) for a in argv)],
+            "artifacts": {"when": "always", "paths": [run_dir(step) + "/"]},
+        }
+    verify = ["sbx", "verify", *(run_dir(s.spec.name) for s in pipeline.steps)]
+    if options.policy:
+        verify += ["--policy", options.policy]
+    if options.signer == "sigstore":
+        verify += ["--cert-identity", options.cert_identity or DEFAULT_IDENTITY,
+                   "--cert-oidc-issuer", options.cert_issuer or DEFAULT_ISSUER]
+    else:
+        verify += ["--key", "$SBX_PUBLIC_KEY"]
+    doc[f"{JOB_PREFIX}verify"] = {
+        "stage": "sbx-verify",
+        "image": options.image,
+        "interruptible": False,
+        # `when: always` on the artifacts: a failed step's evidence is still verified and
+        # fails the gate with its reason, instead of the gate being skipped.
+        "needs": [{"job": job_name(s.spec.name), "artifacts": True} for s in pipeline.steps],
+        "before_script": [options.install],
+        "script": [
+            'export SBX_SIGNED_REF="refs/heads/${CI_COMMIT_BRANCH}"',
+            'if [ -n "${CI_COMMIT_TAG:-}" ]; then '
+            'export SBX_SIGNED_REF="refs/tags/${CI_COMMIT_TAG}"; fi',
+            " ".join(_quote(a) for a in verify),
+        ],
+    }
+    return doc
+
+
+def render(doc: dict[str, Any], source: str) -> str:
+    """The child pipeline as YAML, with a header saying where it came from."""
+    header = (f"# Generated by `sbx gitlab {source}`: one job per step, `needs:` mirrors the\n"
+              "# pipeline's DAG, and sbx:verify checks every job's evidence as one pipeline.\n"
+              "# Regenerate it instead of editing it.\n")
+    return header + yaml.safe_dump(doc, sort_keys=False, width=100, default_flow_style=False)

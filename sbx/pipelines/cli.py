@@ -28,6 +28,7 @@ from sbx.errors import (
     SbxError,
     one_line,
 )
+from sbx.pipelines import cli_jobs
 from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.spec.loader import load_yaml
 from sbx.pipelines.spec.pipeline import is_pipeline, validate_pipeline
@@ -49,6 +50,7 @@ class Command(enum.StrEnum):
     REPORT = "report"
     PLAN = "plan"
     LEARN = "learn"
+    GITLAB = "gitlab"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="write step results and violations as a JUnit report")
     run.add_argument("--codequality", type=Path, metavar="FILE",
                      help="write violations as a GitLab Code Quality report")
+    cli_jobs.add_run_arguments(run)
     lint = sub.add_parser(Command.LINT.value,
                           help="validate step and release-policy files without running them")
     lint.add_argument("files", type=Path, nargs="+")
@@ -96,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="folder for sbx.key and sbx.pub (default: .)")
     verify = sub.add_parser(Command.VERIFY.value,
                             help="verify a run's signed evidence against a release policy")
-    verify.add_argument("run_dir", type=Path)
+    verify.add_argument("run_dirs", type=Path, nargs="+", metavar="run_dir",
+                        help="a run directory; several (or a folder of them): the jobs of "
+                             "one pipeline, verified as one")
     verify.add_argument("--policy", type=Path, help="release policy YAML")
     verify.add_argument("--key", type=Path, action="append", default=[],
                         help="trusted Ed25519 public key (repeatable)")
@@ -134,6 +139,7 @@ def _parser() -> argparse.ArgumentParser:
     build = image_sub.add_parser("build", help="build the runtime and step images offline")
     build.add_argument("--force", action="store_true", help="rebuild even when present")
     build.add_argument("--base", help="build FROM this registry image instead of mmdebstrap")
+    cli_jobs.add_gitlab_parser(sub)
     sub.add_parser(Command.VERSION.value, help="print the version")
     return p
 
@@ -151,7 +157,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                                             egress_network=args.egress_network,
                                             build_images=not args.no_build, signing=signing,
                                             alert_webhook=webhook, junit=args.junit,
-                                            codequality=args.codequality),
+                                            codequality=args.codequality,
+                                            job=cli_jobs.job_options(args)),
                       LiveView(console, quiet=args.quiet))
     record = result.record
     reason = f": {record['reason']}" if record.get("reason") else ""
@@ -231,10 +238,13 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace, console: Console) -> int:
+    from sbx.attest.verify.jobs import is_run_dir
     from sbx.pipelines.verify import VerifyOptions, render, render_json, verify
 
+    if len(args.run_dirs) > 1 or not is_run_dir(args.run_dirs[0]):
+        return cli_jobs.verify_many(args, console)
     report = verify(VerifyOptions(
-        run_dir=args.run_dir, policy=args.policy, keys=tuple(args.key),
+        run_dir=args.run_dirs[0], policy=args.policy, keys=tuple(args.key),
         identity=args.cert_identity, issuer=args.cert_oidc_issuer,
         trusted_root=args.trusted_root, artifacts=tuple(args.artifact)))
     if args.json:
@@ -295,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return _plan(args)
             case Command.LEARN:
                 return _learn(args)
+            case Command.GITLAB:
+                return cli_jobs.gitlab(args)
             case Command.GC:
                 return _gc(args)
             case Command.IMAGE:

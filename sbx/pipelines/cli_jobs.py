@@ -117,8 +117,9 @@ def gitlab(args: argparse.Namespace) -> int:
 def verify_many(args: argparse.Namespace, console: Console) -> int:
     """`sbx verify DIR DIR ...` (or a folder of run directories): one pipeline of jobs."""
     from sbx.attest.verify.jobs import verify_pipeline
+    from sbx.attest.verify.policy import DEFAULT_POLICY
     from sbx.pipelines.release import load_release_policy
-    from sbx.pipelines.verify import DEFAULT_POLICY, VerifyOptions, choose_trust
+    from sbx.pipelines.verify import VerifyOptions, choose_trust
 
     policy = load_release_policy(args.policy) if args.policy else DEFAULT_POLICY
     trust = choose_trust(VerifyOptions(

@@ -15,7 +15,7 @@ import shutil
 import threading
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from sbx.attest.digests import sha256_file
@@ -27,7 +27,7 @@ from sbx.attest.verify.jobs import expand_run_dirs, handoff_failures, open_job
 from sbx.attest.verify.pipeline_checks import Job
 from sbx.attest.verify.trust import IdentityTrust, KeyTrust, Trust
 from sbx.errors import EXIT_FAILED, InputError, SbxError
-from sbx.pipelines.pipeline_spec import InputFrom, PlannedStep
+from sbx.pipelines.pipeline_spec import InputFrom, Pipeline, PlannedStep
 
 STORE = "store/sha256"
 
@@ -205,3 +205,16 @@ def stage(producers: Producers, out: Path, step: str,
         staged.append((dest, artifact.name.split("/", 2)[2]))
         materials.append(artifact)
     return tuple(staged), tuple(materials)
+
+
+def select_step(path: Path, pipeline: Pipeline, kind: str,
+                name: str) -> tuple[Pipeline, PlannedStep]:
+    """The pipeline cut down to one step (its needs met by other jobs), and that step."""
+    if kind != "pipeline":
+        raise InputError(f"{path}: --step {name}: this is a step file, not a pipeline file: "
+                         "drop --step")
+    names = [s.spec.name for s in pipeline.steps]
+    if name not in names:
+        raise InputError(f"{path}: --step {name}: no such step; use one of {', '.join(names)}")
+    planned = pipeline.step(name)
+    return Pipeline(pipeline.name, (replace(planned, needs=(), handoffs=()),)), planned

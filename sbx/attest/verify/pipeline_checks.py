@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -127,14 +127,14 @@ def _result(check: PipelineCheck, problems: list[str], ok: str) -> SetResult:
     return SetResult(check, Status.PASS, ok)
 
 
-def _majority(values: dict[str, object]) -> object:
+def _majority(values: Mapping[str, object]) -> object:
     return Counter(values.values()).most_common(1)[0][0] if values else None
 
 
 def pipeline_steps(jobs: Sequence[Job]) -> tuple[str, ...]:
     """The pipeline's steps as most jobs signed them."""
     lists = {j.label: j.pipeline_steps() for j in jobs if j.pipeline_steps() is not None}
-    found = _majority(lists)  # type: ignore[arg-type]
+    found = _majority(lists)
     return found if isinstance(found, tuple) else ()
 
 
@@ -182,10 +182,8 @@ def check_binding(jobs: Sequence[Job]) -> SetResult:
     for label, ref in known.items():
         if not ref.pipelineId:
             problems.append(f"{label}: carries no pipeline id")
-    for what, pick in (("pipeline id", lambda r: r.pipelineId),
-                       ("spec digest", lambda r: r.specDigest.get("sha256")),
-                       ("git commit", lambda r: r.gitCommit)):
-        values = {label: pick(ref) for label, ref in known.items()}
+    for what, index in (("pipeline id", 3), ("spec digest", 1), ("git commit", 2)):
+        values = {label: ref.key()[index] for label, ref in known.items()}
         want = _majority(values)
         for label, value in values.items():
             if value != want:

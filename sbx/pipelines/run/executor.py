@@ -66,6 +66,9 @@ class StepState:
     facts: SandboxFacts | None = None
     step_started: datetime | None = None
     materials: tuple[Artifact, ...] = ()  # what the step was given: workspace, then hand-offs
+    # Hand-offs verified from other jobs' run directories (`sbx run --step`): files
+    # already in this run's store, and their materials.
+    imported: tuple[tuple[tuple[Path, str], ...], tuple[Artifact, ...]] = ((), ())
     error: SbxError | None = None
     phase: str = "pending"  # what it was doing, for the reason of an interruption
 
@@ -253,6 +256,7 @@ class Executor:
 
     def _run(self, st: StepState) -> None:
         staged, handed = self._hand_off(st)
+        staged, handed = st.imported[0] + staged, st.imported[1] + handed
         # Hashed once, here: run.json's inputs and the link Statement's materials.
         st.materials = workspace_materials(st.config.inputs) + handed
         st.sandbox.step = replace(st.config, inputs=st.config.inputs + staged)

@@ -41,6 +41,15 @@ from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run import evidence as ev
 from sbx.pipelines.run.executor import Executor, StepState, step_record, write_record
 from sbx.pipelines.run.records import EventListener, EventLog, Masker
+from sbx.pipelines.run.step_job import (
+    JobOptions,
+    fresh_pipeline_id,
+    gitlab_pipeline_id,
+    input_trust,
+    select_step,
+    stage,
+    verify_producers,
+)
 from sbx.pipelines.spec.loader import LoadedDoc, load_yaml
 from sbx.pipelines.spec.pipeline import Pipeline, PlannedStep, is_pipeline, validate_pipeline
 from sbx.pipelines.spec.step import StepSpec, spec_digest, validate_step
@@ -63,6 +72,7 @@ class RunOptions:
     alert_webhook: str | None = None
     junit: Path | None = None
     codequality: Path | None = None
+    job: JobOptions | None = None  # one step of a pipeline as one CI job, or a pipeline id
 
 
 @dataclass(frozen=True)
@@ -194,12 +204,26 @@ def run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
 def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     loaded, pipeline, kind = load_run_file(path)
     digest = spec_digest(loaded)
+    job = options.job or JobOptions()
+    all_steps = tuple(s.spec.name for s in pipeline.steps)
+    chosen: PlannedStep | None = None
+    if job.step is not None:
+        pipeline, chosen = select_step(path, pipeline, kind, job.step)
     workspace = options.workspace or path.parent
     configs = {s.spec.name: step_config(s.spec, path, workspace, dict(os.environ))
                for s in pipeline.steps}
     # The signer first: a bad key or a missing token stops the run before anything runs.
     signer = ev.make_signer(options.signing, os.environ,
                             lambda m: view.phase(pipeline.name, m))
+    # Producers from other jobs are verified before anything runs or is created.
+    pipeline_id = job.pipeline_id or gitlab_pipeline_id(os.environ)
+    producers = None
+    if chosen is not None:
+        producers = verify_producers(
+            chosen, digest.removeprefix("sha256:"), job.inputs_from,
+            input_trust(job, signer, options.signing.trust_config), pipeline_id)
+        pipeline_id = producers.pipeline_id
+    pipeline_id = pipeline_id or fresh_pipeline_id()
     client = engine.connect()
     runtime_image = images.ensure_runtime_image(client, build=options.build_images,
                                                 log=lambda m: view.phase(pipeline.name, m))
@@ -216,6 +240,8 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
             # (interrupted, the engine gone) is still about its (empty) log.
             (out / "logs" / f"{name}.log").touch()
         (out / "events.jsonl").touch()
+        imported = stage(producers, out, chosen.spec.name) \
+            if producers is not None and chosen is not None else ((), ())
     except OSError as exc:
         if not is_disk_failure(exc):
             raise
@@ -233,6 +259,9 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         "started": utcnow(), "ended": None, "interrupted": False, "status": "running",
         "reason": None, "engine": {"version": engine_info.version},
         "order": [s.spec.name for s in pipeline.steps],
+        "pipeline": {"id": pipeline_id, "steps": list(all_steps), "step": job.step,
+                     "inputs_from": [str(d) for d in job.inputs_from],
+                     "producers": list(producers.jobs) if producers else []},
         "steps": {s.spec.name: step_record(s, configs[s.spec.name]) for s in pipeline.steps},
         "evidence": None,
     }
@@ -245,6 +274,8 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
                            host_ips=host_ips),
             events.add, out / "logs"), record["steps"][s.spec.name])
         for s in pipeline.steps}
+    for st in states.values():
+        st.imported = imported
     executor = Executor(states, out, events, masker, view, engine_info.version, save, alerter)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     view.start({s.spec.name: s.needs for s in pipeline.steps})
@@ -299,11 +330,11 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     view.phase(pipeline.name, f"signing evidence ({signer.kind})")
     run_evidence = RunEvidence(
         binding=RunBinding(run_id, digest.removeprefix("sha256:"),
-                           ev.git_commit(workspace, os.environ)),
+                           ev.git_commit(workspace, os.environ), pipeline_id),
         spec_path=path.name, steps=tuple(_evidence(st, out, events) for st in states.values()),
         sbx_version=sbx.__version__, builder_id=ev.builder_id(os.environ),
         started=record["started"], ended=record["ended"], interrupted=record["interrupted"],
-        ci=ev.ci_context(os.environ))
+        ci=ev.ci_context(os.environ), pipeline_steps=all_steps if chosen else ())
     signed = _sign(run_evidence, signer, out, record)
     if record["interrupted"]:
         exit_code = EXIT_INTERRUPTED
@@ -360,7 +391,8 @@ def _evidence(st: StepState, out: Path, events: EventLog) -> StepEvidence:
     return StepEvidence(
         name=st.name, command=st.config.command,
         # A step that never started was given nothing: list what it would have taken.
-        materials=st.materials or ev.workspace_materials(st.config.inputs),
+        materials=st.materials or (ev.workspace_materials(st.config.inputs)
+                                   + st.imported[1]),
         products=tuple(Artifact(f"outputs/{st.name}/{o['path']}", o["sha256"])
                        for o in rec["outputs"]),
         logs=ev.log_artifacts(out, st.name), status=rec["status"],

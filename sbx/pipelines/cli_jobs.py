@@ -116,7 +116,7 @@ def gitlab(args: argparse.Namespace) -> int:
 
 def verify_many(args: argparse.Namespace, console: Console) -> int:
     """`sbx verify DIR DIR ...` (or a folder of run directories): one pipeline of jobs."""
-    from sbx.attest.verify.jobs import verify_pipeline
+    from sbx.attest.verify.jobs import expand_run_dirs, verify_pipeline
     from sbx.attest.verify.policy import DEFAULT_POLICY
     from sbx.pipelines.release import load_release_policy
     from sbx.pipelines.verify import VerifyOptions, choose_trust
@@ -126,7 +126,8 @@ def verify_many(args: argparse.Namespace, console: Console) -> int:
         run_dir=args.run_dirs[0], policy=args.policy, keys=tuple(args.key),
         identity=args.cert_identity, issuer=args.cert_oidc_issuer,
         trusted_root=args.trusted_root), policy)
-    report = verify_pipeline(args.run_dirs, trust, policy, tuple(args.artifact))
+    report = verify_pipeline(expand_run_dirs(args.run_dirs), trust, policy,
+                             tuple(args.artifact))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return EXIT_OK if report.passed else EXIT_FAILED

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -100,10 +101,15 @@ def jobs(tmp_path_factory: pytest.TempPathFactory, sbx_images: tuple[str, str]) 
 
 
 def verify(dirs: list[Path], *extra: str) -> tuple[int, dict[str, Any]]:
-    proc = spawn_sbx(["verify", *map(str, dirs), "--json", *extra])
+    """`sbx verify DIR... --json`, trusting the session's key unless told otherwise."""
+    trust = list(extra) or ["--key", os.environ["SBX_SIGNING_KEY"].replace(".key", ".pub")]
+    proc = spawn_sbx(["verify", *map(str, dirs), "--json", *trust])
     code = proc.wait(timeout=300)
     out = proc.stdout.read().decode() if proc.stdout else ""
-    return code, json.loads(out) if out.strip() else {}
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    assert out.strip(), f"sbx verify printed no report (exit {code}): {err}"
+    report: dict[str, Any] = json.loads(out)
+    return code, report
 
 
 def failed(report: dict[str, Any]) -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -62,11 +63,11 @@ def _copy_artifacts(into: Path, runs: list[Path]) -> None:
 
 def run_job(root: Path, step: str, needs: list[Path], *extra: str,
             env: dict[str, str] | None = None, wait: bool = True,
-            ) -> subprocess.Popen[bytes]:
+            pipeline: dict[str, Any] = PIPELINE) -> subprocess.Popen[bytes]:
     """One GitLab job: a fresh checkout, its needs' artifacts, `sbx run --step`."""
     job = root / f"job-{step}"
     job.mkdir(parents=True)
-    (job / "pipeline.yaml").write_text(yaml.safe_dump(PIPELINE, sort_keys=False))
+    (job / "pipeline.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     _copy_artifacts(job, needs)
     args = ["run", str(job / "pipeline.yaml"), "--step", step, "--quiet",
             "--out", str(job / "sbx-runs" / step)]
@@ -88,7 +89,8 @@ def jobs(tmp_path_factory: pytest.TempPathFactory, sbx_images: tuple[str, str]) 
     """The fan-out and fan-in run as four jobs; upper and count at the same time."""
     jobs = Jobs(tmp_path_factory.mktemp("jobs"))
     source = run_job(jobs.root, "source", [])
-    assert _done(source)[0] == 0, _done(source)[1]
+    code, err = _done(source)
+    assert code == 0, err
     fan = [run_job(jobs.root, s, [jobs.run_dir("source")], wait=False)
            for s in ("upper", "count")]
     for proc in fan:
@@ -253,3 +255,46 @@ def test_a_missing_producer_is_refused_as_bad_input(jobs: Jobs, tmp_path: Path) 
     code, err = _done(proc)
     assert code == EXIT_INPUT, err
     assert "needs count" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.usefixtures("sbx_images")
+def test_keyless_jobs_each_sign_with_their_own_certificate(tmp_path: Path,
+                                                           sigstore_instance: Any) -> None:
+    """Each job gets its own token and so its own certificate for the same identity; the
+    consumer trusts producers of its own identity; the set verifies for that identity only."""
+    from fakes.sigstore_instance import DEFAULT_IDENTITY
+
+    inst = sigstore_instance
+    pair = {"name": "pair", "steps": {k: PIPELINE["steps"][k] for k in ("source", "upper")}}
+    keyless = ("--signer", "sigstore", "--trust-config", str(inst.trust_config))
+    source = run_job(tmp_path, "source", [], *keyless, pipeline=pair,
+                     env={"SIGSTORE_ID_TOKEN": inst.token()})
+    code, err = _done(source)
+    assert code == 0, err
+    produced = tmp_path / "job-source/sbx-runs/source"
+    upper = run_job(tmp_path, "upper", [produced], *keyless, pipeline=pair,
+                    env={"SIGSTORE_ID_TOKEN": inst.token()})
+    code, err = _done(upper)
+    assert code == 0, err
+    dirs = [produced, tmp_path / "job-upper/sbx-runs/upper"]
+    identity = inst.identity_of(DEFAULT_IDENTITY)
+    trust = ["--cert-oidc-issuer", inst.issuer_url, "--trusted-root", str(inst.trusted_root)]
+    code, report = verify(dirs, "--cert-identity", identity, *trust)
+    assert code == 0 and report["passed"], failed(report)
+    signers = next(c["reason"] for c in report["pipeline"] if c["check"] == "pipeline.signers")
+    certificates = re.findall(r"certificate ([0-9a-f]{16})", signers)
+    assert len(certificates) == 2 and len(set(certificates)) == 2, signers
+
+    other = "https://gitlab.example/evil/project//.gitlab-ci.yml@refs/heads/main"
+    code, report = verify(dirs, "--cert-identity", other, *trust)
+    assert code == EXIT_FAILED
+    reasons = failed(report)
+    for step in ("source", "upper"):
+        key = next(k for k in reasons if k.startswith(f"job (no verified step) ({tmp_path}"
+                                                       f"/job-{step}") and k.endswith("signatures"))
+        assert "SANs do not match" in reasons[key]
+    # A job of another identity does not take this job's output as its input.
+    proc = run_job(tmp_path / "evil", "upper", [produced], *keyless, pipeline=pair,
+                   env={"SIGSTORE_ID_TOKEN": inst.token("gitlab.example/evil/p//x.yml@main")})
+    code, err = _done(proc)
+    assert code == EXIT_FAILED and "does not verify" in err, err

@@ -150,7 +150,7 @@ def _trusted_root(path: Path | None) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
         media = str(json.loads(text).get("mediaType", ""))
-        if "ClientTrustConfig" in media:
+        if "clienttrustconfig" in media.lower():
             return ClientTrustConfig.from_json(text).trusted_root
         return TrustedRoot.from_file(str(path))
     except OSError as exc:

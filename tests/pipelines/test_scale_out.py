@@ -40,6 +40,7 @@ PIPELINE = {"name": "fan", "steps": {
 }}
 GITLAB = {"CI_PIPELINE_ID": "4242", "CI_PROJECT_PATH": "group/project",
           "CI_SERVER_HOST": "gitlab.example"}
+GITLAB_ID = "gitlab.example/group/project/-/pipelines/4242"
 
 
 @dataclass
@@ -298,3 +299,29 @@ def test_keyless_jobs_each_sign_with_their_own_certificate(tmp_path: Path,
                    env={"SIGSTORE_ID_TOKEN": inst.token("gitlab.example/evil/p//x.yml@main")})
     code, err = _done(proc)
     assert code == EXIT_FAILED and "does not verify" in err, err
+
+
+def test_a_file_swapped_between_the_check_and_the_copy_is_refused(
+        jobs: Jobs, tmp_path: Path, signing_key: KeyPair) -> None:
+    """The verified producer's file is copied, then hashed again: a swap in between (the
+    producer's directory is the job's own disk, writable by whatever else runs there) is
+    caught on the copy, before the sandbox is given it."""
+    from sbx.attest.signing.local import load_public_key
+    from sbx.attest.verify.trust import KeyTrust
+    from sbx.pipelines.run import load_run_file
+    from sbx.pipelines.spec import spec_digest
+    from sbx.pipelines.step_job import HandoffRefused, select_step, stage, verify_producers
+
+    producer = tmp_path / "source"
+    shutil.copytree(jobs.run_dir("source"), producer)
+    spec = jobs.job_dir("upper") / "pipeline.yaml"
+    loaded, pipeline, kind = load_run_file(spec)
+    _, planned = select_step(spec, pipeline, kind, "upper")
+    producers = verify_producers(planned, spec_digest(loaded).removeprefix("sha256:"),
+                                 (producer,), KeyTrust([load_public_key(signing_key.public)]),
+                                 GITLAB_ID)
+    assert [a.name for _, a in producers.files] == ["outputs/source/src/a.txt"]
+    (producer / "outputs/source/src/a.txt").write_text("swapped\n")
+    with pytest.raises(HandoffRefused, match="changed after source signed it"):
+        stage(producers, tmp_path / "out", "upper")
+    assert not list((tmp_path / "out/store/sha256").iterdir())

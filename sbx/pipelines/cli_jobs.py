@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sbx.errors import EXIT_FAILED, EXIT_OK, InputError
-from sbx.pipelines.step_job import JobOptions
+from sbx.pipelines.run.step_job import JobOptions
 
 _STYLE = {"pass": "green", "fail": "bold red", "skip": "dim"}
 
@@ -91,7 +91,7 @@ def add_gitlab_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 def gitlab(args: argparse.Namespace) -> int:
     """Write the child pipeline of a pipeline file."""
     from sbx.pipelines.gitlab import GitlabOptions, child_pipeline, render
-    from sbx.pipelines.run import load_run_file
+    from sbx.pipelines.run.runner import load_run_file
 
     _, pipeline, kind = load_run_file(args.file)
     if kind != "pipeline":
@@ -118,7 +118,7 @@ def verify_many(args: argparse.Namespace, console: Console) -> int:
     """`sbx verify DIR DIR ...` (or a folder of run directories): one pipeline of jobs."""
     from sbx.attest.verify.jobs import expand_run_dirs, verify_pipeline
     from sbx.attest.verify.policy import DEFAULT_POLICY
-    from sbx.pipelines.release import load_release_policy
+    from sbx.pipelines.spec.release import load_release_policy
     from sbx.pipelines.verify import VerifyOptions, choose_trust
 
     policy = load_release_policy(args.policy) if args.policy else DEFAULT_POLICY

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from sbx.pipelines.pipeline_spec import Pipeline
+from sbx.pipelines.spec.pipeline import Pipeline
 
 DEFAULT_IMAGE = "python:3.11-bookworm"
 DEFAULT_INSTALL = "python -m pip install sbx"

@@ -27,7 +27,7 @@ from test_gitlab_ci import (  # noqa: F401 (no_network is a fixture)
 
 from sbx.pipelines import cli
 from sbx.pipelines.gitlab import GitlabOptions, child_pipeline, job_name, run_dir
-from sbx.pipelines.run import load_run_file
+from sbx.pipelines.run.runner import load_run_file
 
 ROOT = Path(__file__).resolve().parents[2]
 WHEEL = "examples/wheel/pipeline.yaml"

@@ -308,9 +308,9 @@ def test_a_file_swapped_between_the_check_and_the_copy_is_refused(
     caught on the copy, before the sandbox is given it."""
     from sbx.attest.signing.local import load_public_key
     from sbx.attest.verify.trust import KeyTrust
-    from sbx.pipelines.run import load_run_file
-    from sbx.pipelines.spec import spec_digest
-    from sbx.pipelines.step_job import HandoffRefused, select_step, stage, verify_producers
+    from sbx.pipelines.run.runner import load_run_file
+    from sbx.pipelines.run.step_job import HandoffRefused, select_step, stage, verify_producers
+    from sbx.pipelines.spec.step import spec_digest
 
     producer = tmp_path / "source"
     shutil.copytree(jobs.run_dir("source"), producer)

@@ -27,7 +27,7 @@ from sbx.attest.verify.jobs import expand_run_dirs, handoff_failures, open_job
 from sbx.attest.verify.pipeline_checks import Job
 from sbx.attest.verify.trust import IdentityTrust, KeyTrust, Trust
 from sbx.errors import EXIT_FAILED, InputError, SbxError
-from sbx.pipelines.pipeline_spec import InputFrom, Pipeline, PlannedStep
+from sbx.pipelines.spec.pipeline import InputFrom, Pipeline, PlannedStep
 
 STORE = "store/sha256"
 

@@ -46,8 +46,8 @@ def expand_run_dirs(paths: tuple[Path, ...] | list[Path]) -> list[Path]:
             continue
         inner = sorted(p for p in path.iterdir() if not p.is_symlink() and is_run_dir(p))
         if not inner:
-            raise EvidenceInputError(f"{path}: neither a run directory nor a folder of run "
-                                     "directories: pass what `sbx run --out` wrote")
+            raise EvidenceInputError(f"{path}: not an sbx run directory, nor a folder of "
+                                     "run directories: pass what `sbx run --out` wrote")
         found += inner
     seen: set[Path] = set()
     unique = []

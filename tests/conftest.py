@@ -29,7 +29,7 @@ from sbx.attest.signing.local import KeyPair, keygen
 from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run.records import parse_time
 from sbx.pipelines.run.runner import RunOptions, RunResult, run_file
-from sbx.sandbox import images
+from sbx.sandbox import images, labels
 from sbx.sandbox.archive import pack_files
 
 TEST_LABEL = "sbx.test"
@@ -266,5 +266,13 @@ def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     client = docker.from_env(timeout=30)
     left = client.api.containers(all=True, filters={"label": "sbx.run"})
     nets = client.api.networks(filters={"label": "sbx.run"})
-    names = [c["Names"] for c in left] + [n["Name"] for n in nets]
+    # Runs of other live sbx processes on a shared engine (another suite, a CI job on the
+    # same runner) are theirs; this process's and every dead process's objects are leftovers.
+    names = [c["Names"] for c in left if _abandoned(c.get("Labels"))] + \
+        [n["Name"] for n in nets if _abandoned(n.get("Labels"))]
     assert not names, f"left behind: {names}"
+
+
+def _abandoned(object_labels: dict[str, str] | None) -> bool:
+    owner = (object_labels or {}).get(labels.OWNER)
+    return owner == labels.owner() or not labels.owner_alive(owner)

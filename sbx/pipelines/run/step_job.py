@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import threading
 import uuid
 from collections.abc import Mapping
@@ -191,10 +192,19 @@ def stage(producers: Producers, out: Path, step: str,
         if not dest.exists():
             tmp = dest.with_name(f"{dest.name}.{threading.get_ident()}.tmp")
             try:
-                if source.is_symlink() or not source.is_file():
-                    raise HandoffRefused(f"{step}: input {artifact.name} is not a file in "
-                                         "its producer's run directory")
-                shutil.copyfile(source, tmp, follow_symlinks=False)
+                # O_NOFOLLOW: a file swapped for a link after the check is refused, not read.
+                try:
+                    fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+                except OSError as exc:
+                    raise HandoffRefused(f"{step}: input {artifact.name} is not a readable "
+                                         "file in its producer's run directory "
+                                         f"({exc.strerror})") from None
+                if not stat.S_ISREG(os.fstat(fd).st_mode):  # a directory, a FIFO, a device
+                    os.close(fd)
+                    raise HandoffRefused(f"{step}: input {artifact.name} is not a regular "
+                                         "file in its producer's run directory")
+                with os.fdopen(fd, "rb") as src, tmp.open("xb") as dst:
+                    shutil.copyfileobj(src, dst)
                 if sha256_file(tmp) != artifact.sha256:
                     raise HandoffRefused(f"{step}: input {artifact.name} changed after "
                                          f"{artifact.source} signed it; refusing it")

@@ -99,7 +99,7 @@ def check_completeness(run: _Run, opened: Sequence[Opened],
 
 
 def check_run_binding(run: _Run, opened: Sequence[Opened]) -> CheckResult:
-    """Run id, spec digest and git commit agree across every Statement (no replay)."""
+    """Run id, spec digest, git commit and pipeline id agree across every Statement."""
     if run.provenance is None:
         return CheckResult(Check.RUN_BINDING, Status.FAIL, "no single provenance to bind to")
     prov = run.provenance
@@ -114,7 +114,8 @@ def check_run_binding(run: _Run, opened: Sequence[Opened]) -> CheckResult:
         got = o.run.key()
         if got != want:
             what = ("run " + got[0]) if got[0] != want[0] else (
-                "another spec" if got[1] != want[1] else "another commit")
+                "another spec" if got[1] != want[1] else
+                "another commit" if got[2] != want[2] else f"pipeline {got[3]}")
             problems.append(f"{o.source} belongs to {what}, not run {want[0]}")
     return _result(Check.RUN_BINDING, problems,
                    f"all {len(opened)} Statements bound to run {want[0]}")

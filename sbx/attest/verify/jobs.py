@@ -14,7 +14,8 @@ from typing import Any
 
 from sbx.attest.errors import EvidenceInputError
 from sbx.attest.verify import evidence
-from sbx.attest.verify.checks import Check, CheckResult, Status, run_checks
+from sbx.attest.verify.checks import run_checks
+from sbx.attest.verify.model import Check, CheckResult, Status
 from sbx.attest.verify.pipeline_checks import Job, SetResult, set_checks
 from sbx.attest.verify.policy import DEFAULT_POLICY, ReleasePolicy
 from sbx.attest.verify.trust import Trust

@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from sbx.attest.statements import Kind
-from sbx.attest.verify.checks import Observed, Opened, Rejected, Status
+from sbx.attest.verify.model import Observed, Opened, Rejected, Status
 from sbx.attest.verify.policy import ReleasePolicy
 from sbx.attest.wire import IsolationPredicate, LinkPredicate, ProvenancePredicate, RunRef
 

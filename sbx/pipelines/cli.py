@@ -162,7 +162,9 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                       LiveView(console, quiet=args.quiet))
     record = result.record
     reason = f": {record['reason']}" if record.get("reason") else ""
-    print(f"sbx: {record['kind']} {record['name']} {record['status']}{reason} "
+    step = (record.get("pipeline") or {}).get("step")
+    what = f"step {step} of pipeline" if step else record["kind"]
+    print(f"sbx: {what} {record['name']} {record['status']}{reason} "
           f"(records in {result.out_dir})", file=sys.stderr)
     return result.exit_code
 

@@ -102,8 +102,9 @@ def child_pipeline(pipeline: Pipeline, spec_path: str,
         "stage": "sbx-verify",
         "image": options.image,
         "interruptible": False,
-        # `when: always` on the artifacts: a failed step's evidence is still verified and
-        # fails the gate with its reason, instead of the gate being skipped.
+        # Also after a failed step: the steps' artifacts are kept `when: always`, so the gate
+        # still runs and says which job failed which check (it exits 1 either way).
+        "when": "always",
         "needs": [{"job": job_name(s.spec.name), "artifacts": True} for s in pipeline.steps],
         "before_script": [options.install],
         "script": [

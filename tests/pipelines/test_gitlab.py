@@ -97,6 +97,7 @@ def test_the_verify_job_checks_every_job_as_one_pipeline(child: dict[str, Any]) 
         "${CI_PROJECT_URL}//${CI_CONFIG_PATH}@${SBX_SIGNED_REF}"
     assert not any(re.search(r"\|\|\s*true|set \+e", line) for line in verify["script"])
     assert verify.get("allow_failure", False) is False
+    assert verify["when"] == "always"  # a failed step is reported by the gate, not skipped
 
 
 def _component() -> list[dict[str, Any]]:

@@ -260,6 +260,7 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         "reason": None, "engine": {"version": engine_info.version},
         "order": [s.spec.name for s in pipeline.steps],
         "pipeline": {"id": pipeline_id, "steps": list(all_steps), "step": job.step,
+                     "needs": list(chosen.needs) if chosen else [],
                      "inputs_from": [str(d) for d in job.inputs_from],
                      "producers": list(producers.jobs) if producers else []},
         "steps": {s.spec.name: step_record(s, configs[s.spec.name]) for s in pipeline.steps},

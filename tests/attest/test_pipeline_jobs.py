@@ -129,3 +129,15 @@ def test_a_producer_job_with_a_changed_output_is_barred_from_hand_off(
     (jobs["source"] / output_of("source", "20261203T000000Z-0000")[0]).write_text("swapped")
     failed = handoff_failures(open_job(jobs["source"], trust(attest_key)), "key")
     assert [r.check.value for r in failed] == ["run-files"]
+
+
+def test_one_job_alone_is_not_a_verified_pipeline(tmp_path: Path, attest_key: KeyPair) -> None:
+    """A release gate given one job's run directory (say the job without hand-offs) must not
+    pass it as if it were the whole pipeline."""
+    from sbx.attest.verify.verifier import verify_run
+
+    jobs = make_jobs(tmp_path, attest_key)
+    report = verify_run(jobs["source"], trust(attest_key), DEFAULT_POLICY)
+    failed = {r.check.value: r.reason for r in report.failed()}
+    assert list(failed) == ["completeness"], failed
+    assert "one job (source) of a pipeline of source, left, right, join" in failed["completeness"]

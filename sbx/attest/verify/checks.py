@@ -73,6 +73,11 @@ def check_completeness(run: _Run, opened: Sequence[Opened],
             problems.append(f"required step {step!r} is not in the run")
     prov = run.provenance
     assert prov is not None and isinstance(prov.predicate, ProvenancePredicate)
+    whole = prov.predicate.buildDefinition.externalParameters.pipelineSteps
+    if whole is not None and whole != run.steps:
+        # One job of a pipeline run as many (`sbx run --step`) is not a release by itself.
+        problems.append(f"this run is one job ({', '.join(run.steps)}) of a pipeline of "
+                        f"{', '.join(whole)}: verify every job's run directory together")
     listed = {(b.annotations.get("step", ""), b.annotations.get("kind", "")): b.sha256
               for b in prov.predicate.runDetails.byproducts}
     for step in run.steps:

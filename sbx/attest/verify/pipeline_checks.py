@@ -105,8 +105,9 @@ class Job:
         return found
 
     def local_view(self) -> list[Opened]:
-        """The Statements with inputs from other jobs left out of their links' materials:
-        the single-run checks then judge what this job holds, the set checks the rest.
+        """The Statements with inputs from other jobs left out of their links' materials,
+        and the pipeline's other steps out of the provenance: the single-run checks then
+        judge what this job holds, the set checks the rest.
         The signed digest of each Statement is kept, so completeness still binds them."""
         own = set(self.links())
         out = []
@@ -116,6 +117,13 @@ class Job:
                         if m.annotations.get("source", "workspace") in own | {"workspace"}]
                 o = dataclasses.replace(
                     o, predicate=o.predicate.model_copy(update={"materials": kept}))
+            elif isinstance(o.predicate, ProvenancePredicate):
+                # The pipeline's other steps are the set's to check, not this job's.
+                build = o.predicate.buildDefinition
+                params = build.externalParameters.model_copy(update={"pipelineSteps": None})
+                o = dataclasses.replace(o, predicate=o.predicate.model_copy(update={
+                    "buildDefinition": build.model_copy(
+                        update={"externalParameters": params})}))
             out.append(o)
         return out
 

@@ -147,10 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = sorted({str(e.get("name") or e.get("dst_ip") or "?") for e in denied})
     console.rule("what to open")
     console.print(f"records   {run_dir / 'run.json'} and {run_dir / 'events.jsonl'}",
-                  markup=False)
-    console.print(f"report    {report}", markup=False)
+                  markup=False, soft_wrap=True)
+    console.print(f"report    {report}", markup=False, soft_wrap=True)
     console.print(f"evidence  {run_dir / 'attestations'}/ (sbx verify {run_dir} "
-                  f"--key {pair.public})", markup=False)
+                  f"--key {pair.public})", markup=False, soft_wrap=True)
     as_expected = (fetched.is_file() and fetched.read_bytes() == TOOL and bool(denied)
                    and signatures_ok and not verification.passed and report.is_file())
     if as_expected:
@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                    f"{fetched.is_file()}, denied {len(denied)}, signatures "
                    f"{'ok' if signatures_ok else 'not ok'}, gate "
                    f"{'passed' if verification.passed else 'refused'}): see the records")
-    console.print(verdict, markup=False)
+    console.print(verdict, markup=False, soft_wrap=True)
     return 0 if as_expected else 1
 
 

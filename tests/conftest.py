@@ -263,8 +263,42 @@ def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if "docker" not in request.keywords:
         return
+    from sbx.sandbox import labels as L
+
     client = docker.from_env(timeout=30)
     left = client.api.containers(all=True, filters={"label": "sbx.run"})
     nets = client.api.networks(filters={"label": "sbx.run"})
-    names = [c["Names"] for c in left] + [n["Name"] for n in nets]
+
+    def ours(obj: dict[str, Any]) -> bool:
+        # Another live process's run on a shared engine is not this test's leftover; this
+        # process's objects and those of any process that has ended are.
+        owner = (obj.get("Labels") or {}).get(L.OWNER)
+        return owner == L.owner() or not L.owner_alive(owner)
+
+    names = [c["Names"] for c in left if ours(c)] + [n["Name"] for n in nets if ours(n)]
     assert not names, f"left behind: {names}"
+
+
+@pytest.fixture(scope="session")
+def registry(docker_client: docker.DockerClient, sbx_images: tuple[str, str]) -> Iterator[Any]:
+    """A real registry (Debian's docker-registry) without auth, at ``registry.host``."""
+    from registry import Registry
+
+    reg = Registry(docker_client).start()
+    try:
+        yield reg
+    finally:
+        reg.close()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(docker_client: docker.DockerClient,
+                  sbx_images: tuple[str, str]) -> Iterator[Any]:
+    """A real registry with htpasswd auth (user and password in tests/registry.py)."""
+    from registry import Registry
+
+    reg = Registry(docker_client, auth=True).start()
+    try:
+        yield reg
+    finally:
+        reg.close()

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import docker
 from docker.errors import APIError, NotFound
 
-from sbx.sandbox import images
+from sbx.sandbox import image_build as images
 from sbx.sandbox.archive import pack_files
 
 REGISTRY_REPO = "sbx-test-registry"

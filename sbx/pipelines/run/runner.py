@@ -13,13 +13,14 @@ import secrets
 import shlex
 import signal
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import docker
 import psutil
+from rich.markup import escape
 
 import sbx
 from sbx.attest.errors import SigningError
@@ -40,6 +41,7 @@ from sbx.pipelines.report.ci import write_codequality, write_junit
 from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run import evidence as ev
 from sbx.pipelines.run.executor import Executor, StepState, step_record, write_record
+from sbx.pipelines.run.pulls import resolve_step_images
 from sbx.pipelines.run.records import EventListener, EventLog, Masker
 from sbx.pipelines.spec.loader import LoadedDoc, load_yaml
 from sbx.pipelines.spec.pipeline import Pipeline, PlannedStep, is_pipeline, validate_pipeline
@@ -47,6 +49,7 @@ from sbx.pipelines.spec.step import StepSpec, spec_digest, validate_step
 from sbx.sandbox import engine, images, labels
 from sbx.sandbox.config import Limits, SandboxOptions, StepConfig
 from sbx.sandbox.engine import ENGINE_ERRORS, is_unreachable
+from sbx.sandbox.pull import PullPolicy
 from sbx.sandbox.sandbox import Sandbox, remove_by_label, utcnow
 
 
@@ -58,6 +61,8 @@ class RunOptions:
     workspace: Path | None = None
     egress_network: str | None = None
     build_images: bool = True
+    pull: PullPolicy | None = None  # overrides every step's `pull`
+    base: str | None = None  # registry base for the gateway image (default $SBX_IMAGE_BASE)
     signing: ev.SigningOptions = field(default_factory=ev.SigningOptions)
     listeners: tuple[EventListener, ...] = ()
     alert_webhook: str | None = None
@@ -201,11 +206,20 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     signer = ev.make_signer(options.signing, os.environ,
                             lambda m: view.phase(pipeline.name, m))
     client = engine.connect()
-    runtime_image = images.ensure_runtime_image(client, build=options.build_images,
-                                                log=lambda m: view.phase(pipeline.name, m))
+
+    def log(message: str) -> None:
+        view.phase(pipeline.name, escape(message))
+
+    runtime_image = images.ensure_runtime_image(client, build=options.build_images, log=log,
+                                                base=options.base)
     if any(c.image == images.STEP_IMAGE for c in configs.values()):
-        images.ensure_step_image(client, build=options.build_images,
-                                 log=lambda m: view.phase(pipeline.name, m))
+        images.ensure_step_image(client, build=options.build_images, log=log)
+    # Every step image, pulled under its policy before anything of the run exists; the
+    # steps run the ids resolved here.
+    resolved = resolve_step_images(
+        client, {s.spec.name: (s.spec.image, options.pull or s.spec.pull)
+                 for s in pipeline.steps}, path, view.console, log, quiet=view.quiet)
+    configs = {name: replace(c, image_id=resolved[name].id) for name, c in configs.items()}
     run_id = new_run_id()
     out = (options.out_dir or Path(".sbx/runs") / run_id).resolve()
     try:
@@ -236,6 +250,9 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         "steps": {s.spec.name: step_record(s, configs[s.spec.name]) for s in pipeline.steps},
         "evidence": None,
     }
+    for name, image in resolved.items():
+        record["steps"][name]["image"].update(repo_digest=image.repo_digest,
+                                              platform=image.platform, pulled=image.pulled)
     save = write_record(out / "run.json", record)
     host_ips = host_addresses(client)
     states = {
@@ -365,7 +382,9 @@ def _evidence(st: StepState, out: Path, events: EventLog) -> StepEvidence:
                        for o in rec["outputs"]),
         logs=ev.log_artifacts(out, st.name), status=rec["status"],
         exit_code=rec["exit_code"], reason=rec["reason"], image=st.config.image,
-        image_id=rec["image"]["id"], started=rec["step_started"], ended=rec["ended"],
+        image_id=rec["image"]["id"], image_repo_digest=rec["image"].get("repo_digest"),
+        image_platform=rec["image"].get("platform"),
+        started=rec["step_started"], ended=rec["ended"],
         isolation=ev.isolation_of(
             st.facts, policy=st.config.policy.to_dict(), probes=st.probes,
             peer_probes=list(st.peer_probes), flows=rec["flows"],

@@ -108,6 +108,6 @@ def resolve_step_images(client: docker.DockerClient, images: Mapping[str, tuple[
             except ImageError as exc:
                 raise type(exc)(f"{spec_path}: step {step}: {exc.diagnostics()}") from None
             if done[key].pulled:
-                log(escape(_summary(done[key], display, time.monotonic() - began)))
+                log(_summary(done[key], display, time.monotonic() - began))
         found[step] = done[key]
     return found

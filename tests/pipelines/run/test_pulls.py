@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from sbx.pipelines.pulls import LARGE_PULL, PullDisplay, _summary
+from sbx.pipelines.run.pulls import LARGE_PULL, PullDisplay, _summary
 from sbx.sandbox.pull import PullProgress, ResolvedImage
 
 

@@ -25,7 +25,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from sbx.errors import SpecError
+from sbx.errors import SbxError, SpecError
 from sbx.sandbox.pull import (
     ImageError,
     ImageNotFoundInRegistry,
@@ -88,26 +88,35 @@ def _summary(image: ResolvedImage, display: PullDisplay, seconds: float) -> str:
             f"{image.repo_digest or image.id} ({image.platform})")
 
 
-def resolve_step_images(client: docker.DockerClient, images: Mapping[str, tuple[str, PullPolicy]],
-                        spec_path: Path, console: Console, log: Log, *,
-                        quiet: bool = False) -> dict[str, ResolvedImage]:
+def resolve_step_images(
+        client: docker.DockerClient, images: Mapping[str, tuple[str, PullPolicy]],
+        spec_path: Path, console: Console, log: Log, *, quiet: bool = False,
+) -> tuple[dict[str, ResolvedImage], dict[str, SbxError]]:
     """Resolve every step's image (step name -> (reference, policy)); each distinct
-    reference and policy is pulled at most once. Errors name the file and the step."""
-    done: dict[tuple[str, PullPolicy], ResolvedImage] = {}
+    reference and policy is pulled at most once. Returns what was resolved and, per step,
+    the one-line error (naming the file and the step) of an image that could not be had."""
+    done: dict[tuple[str, PullPolicy], ResolvedImage | SbxError] = {}
     found: dict[str, ResolvedImage] = {}
+    failed: dict[str, SbxError] = {}
     for step, (ref, policy) in images.items():
         key = (ref, policy)
         if key not in done:
             began = time.monotonic()
             try:
                 with PullDisplay(console, ref, quiet=quiet) as display:
-                    done[key] = resolve_image(client, ref, policy, on_progress=display.update)
+                    image = resolve_image(client, ref, policy, on_progress=display.update)
             except ImageNotFoundInRegistry as exc:
-                raise SpecError(str(spec_path), f"steps.{step}.image" if len(images) > 1
-                                else "image", exc.diagnostics()) from None
+                done[key] = SpecError(str(spec_path), f"steps.{step}.image" if len(images) > 1
+                                      else "image", exc.diagnostics())
             except ImageError as exc:
-                raise type(exc)(f"{spec_path}: step {step}: {exc.diagnostics()}") from None
-            if done[key].pulled:
-                log(_summary(done[key], display, time.monotonic() - began))
-        found[step] = done[key]
-    return found
+                done[key] = type(exc)(f"{spec_path}: step {step}: {exc.diagnostics()}")
+            else:
+                done[key] = image
+                if image.pulled:
+                    log(_summary(image, display, time.monotonic() - began))
+        result = done[key]
+        if isinstance(result, ResolvedImage):
+            found[step] = result
+        else:
+            failed[step] = result
+    return found, failed

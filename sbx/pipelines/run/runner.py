@@ -13,6 +13,7 @@ import secrets
 import shlex
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -214,12 +215,6 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
                                                 base=options.base)
     if any(c.image == images.STEP_IMAGE for c in configs.values()):
         images.ensure_step_image(client, build=options.build_images, log=log)
-    # Every step image, pulled under its policy before anything of the run exists; the
-    # steps run the ids resolved here.
-    resolved = resolve_step_images(
-        client, {s.spec.name: (s.spec.image, options.pull or s.spec.pull)
-                 for s in pipeline.steps}, path, view.console, log, quiet=view.quiet)
-    configs = {name: replace(c, image_id=resolved[name].id) for name, c in configs.items()}
     run_id = new_run_id()
     out = (options.out_dir or Path(".sbx/runs") / run_id).resolve()
     try:
@@ -250,9 +245,6 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         "steps": {s.spec.name: step_record(s, configs[s.spec.name]) for s in pipeline.steps},
         "evidence": None,
     }
-    for name, image in resolved.items():
-        record["steps"][name]["image"].update(repo_digest=image.repo_digest,
-                                              platform=image.platform, pulled=image.pulled)
     save = write_record(out / "run.json", record)
     host_ips = host_addresses(client)
     states = {
@@ -264,12 +256,15 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         for s in pipeline.steps}
     executor = Executor(states, out, events, masker, view, engine_info.version, save, alerter)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    view.start({s.spec.name: s.needs for s in pipeline.steps})
     threads: list[threading.Thread] = []
     try:
         save()
         if save.error is not None:  # not even run.json fits: start nothing
             raise run_dir_failure(out, save.error, "writing run.json")
+        # Every step image, pulled under its policy on the host side before any sandbox
+        # exists (and before the live table, so a large pull can show its own bar).
+        _pull_images(client, states, options.pull, path, view, log)
+        view.start({s.spec.name: s.needs for s in pipeline.steps})
         # Held back while the workers start: a signal in between would leave `threads`
         # unset, and the clean-up below would not wait for workers already creating.
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -348,6 +343,24 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         raise SigningError(f"{signed.error} (the Statements are kept unsigned in {out})")
     return RunResult(run_id=run_id, out_dir=out, exit_code=exit_code, record=record)
 
+
+
+def _pull_images(client: docker.DockerClient, states: dict[str, StepState],
+                 override: PullPolicy | None, path: Path, view: LiveView,
+                 log: Callable[[str], None]) -> None:
+    """Resolve each step's image; the step runs the id resolved here. A step whose image
+    cannot be had keeps the error, and its worker records it instead of running."""
+    resolved, failed = resolve_step_images(
+        client, {name: (st.plan.spec.image, override or st.plan.spec.pull)
+                 for name, st in states.items()}, path, view.console, log, quiet=view.quiet)
+    for name, image in resolved.items():
+        st = states[name]
+        st.config = replace(st.config, image_id=image.id)
+        st.sandbox.step = st.config
+        st.record["image"].update(repo_digest=image.repo_digest, platform=image.platform,
+                                  pulled=image.pulled)
+    for name, error in failed.items():
+        states[name].error = error
 
 
 def _sign(run: RunEvidence, signer: Signer, out: Path,

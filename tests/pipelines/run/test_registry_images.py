@@ -116,10 +116,16 @@ def test_registry_failures_are_one_line_with_their_exit_code_and_leave_nothing(
     ]
     for step, code, text in cases:
         capsys.readouterr()
-        assert _run(tmp_path, step)[0] == code
+        exit_code, out = _run(tmp_path, step)
+        assert exit_code == code
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("sbx: error: ") and text in err[0], err
         assert str(step) in err[0]
+        # the run still has its records and signed evidence; the step never started
+        step_record = json.loads((out / "run.json").read_text())["steps"]["pulled"]
+        assert step_record["status"] == "error" and text in step_record["reason"]
+        assert step_record["started"] is None and step_record["docker"] == {}
+        assert (out / "attestations" / "pulled.link.dsse.json").is_file()
 
 
 def test_a_malformed_digest_or_pull_policy_is_refused_at_load(

@@ -176,3 +176,40 @@ def test_without_mmdebstrap_the_first_run_builds_from_sbx_image_base_and_says_so
         except docker.errors.NotFound:
             pass
         registry.forget(f"{repo}-base:v1")
+
+
+def test_a_tag_moved_after_the_pull_does_not_change_what_runs(
+        tmp_path: Path, registry: Any, repo: str, docker_client: docker.DockerClient,
+        sbx_images: tuple[str, str]) -> None:
+    """The step container is made from the id resolved at pull time: retagging the
+    reference on the engine while the sandbox is being proven changes nothing."""
+    from registry import variant_image
+
+    from sbx.pipelines.report.live import LiveView
+    from sbx.pipelines.run.runner import RunOptions, run_file
+
+    registry.push(sbx_images[1], f"{repo}:v1")
+    ref = f"{registry.host}/{repo}:v1"
+    repository, _, tag = ref.rpartition(":")
+    swapped = variant_image(docker_client, sbx_images[1], "swapped", secrets.token_hex(3))
+    moves: list[str] = []
+
+    def move_the_tag(event: dict[str, Any]) -> None:
+        if event.get("kind") == "probe" and not moves:  # after the pull, before the step
+            docker_client.api.tag(swapped, repository, tag, force=True)
+            moves.append(event["time"])
+
+    from rich.console import Console
+
+    try:
+        result = run_file(_step(tmp_path, ref), RunOptions(
+            out_dir=tmp_path / "run", listeners=(move_the_tag,)),
+            LiveView(Console(stderr=True), quiet=True))
+        assert moves, "the tag was never moved"
+        assert docker_client.api.inspect_image(ref)["Id"] == swapped
+        assert result.exit_code == EXIT_OK
+        assert (result.out_dir / "logs" / "pulled.log").read_text().strip() == "no-marker"
+        env = _link_environment(result.out_dir)
+        assert env["imageDigest"] == docker_client.api.inspect_image(sbx_images[1])["Id"]
+    finally:
+        docker_client.api.remove_image(swapped, force=True)

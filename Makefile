@@ -12,7 +12,7 @@ PIP_FLAGS := $(shell $(PYTHON) -c 'import os, sys, sysconfig; print("--break-sys
 
 # mmdebstrap and pip through apt-get (as root or with sudo), or one line saying how (exit 3).
 tools:
-	@PYTHON=$(PYTHON) sh scripts/need-tools
+	@PYTHON='$(PYTHON)' sh scripts/need-tools
 
 # Install sbx in editable mode with the dev tools.
 dev: tools

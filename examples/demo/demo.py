@@ -133,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code or 1
 
     console = Console(stderr=False, highlight=False)
-    console.rule("sbx verify: the release gate")
+    console.rule("sbx verify: the release gate must refuse this run (its step tried to leave "
+                 "its allowlist)")
     verification = verify(VerifyOptions(run_dir=run_dir, policy=POLICY, keys=(pair.public,)))
     render(verification, console)
     sbx_main(["report", str(run_dir), "--html", str(report), "--key", str(pair.public),

@@ -36,6 +36,8 @@ __all__ = [
     "ImageMissing",
     "ImageNotFoundInRegistry",
     "ImageRef",
+    "ImageReferenceError",
+    "InvalidReference",
     "PullPolicy",
     "PullProgress",
     "PullTracker",
@@ -59,10 +61,18 @@ class ImageError(EnvironmentFailure):
     """The step's image could not be had (exit 3 unless a subclass says otherwise)."""
 
 
-class ImageNotFoundInRegistry(ImageError):
-    """The registry answered and has no such image: the reference is wrong (exit 2)."""
+class ImageReferenceError(ImageError):
+    """The step's image reference is wrong: fix the step file (exit 2)."""
 
     exit_code = EXIT_INPUT
+
+
+class ImageNotFoundInRegistry(ImageReferenceError):
+    """The registry answered and has no such image."""
+
+
+class InvalidReference(ImageReferenceError):
+    """The engine does not accept the reference (upper case in a repository name ...)."""
 
 
 class ImageMissing(ImageError):
@@ -210,6 +220,10 @@ def classify(ref: ImageRef, message: str) -> ImageError:
         return RegistryUnreachable(
             f"image {ref.text}: no registry answers at {ref.registry} ({text}): check the "
             "registry's address, or load the image (docker load) and use pull: never")
+    if "invalid reference format" in low:
+        return InvalidReference(f"image {ref.text} is not a valid image reference ({text}): "
+                                "fix the step's image (lower-case repository, then :tag or "
+                                "@sha256:digest)")
     if any(s in low for s in ("manifest unknown", "not found", "repository does not exist",
                               "name unknown", "pull access denied")):
         return ImageNotFoundInRegistry(

@@ -23,6 +23,7 @@ from sbx.sandbox.pull import (
     ImageMissing,
     ImageNotFoundInRegistry,
     ImageRef,
+    InvalidReference,
     PullPolicy,
     PullProgress,
     PullTracker,
@@ -108,6 +109,8 @@ def test_the_tracker_keeps_an_error_from_the_stream() -> None:
      RegistryUnreachable, EXIT_ENVIRONMENT),
     ("Get https://nowhere.invalid/v2/: dial tcp: lookup nowhere.invalid: no such host",
      RegistryUnreachable, EXIT_ENVIRONMENT),
+    ("invalid reference format: repository name must be lowercase", InvalidReference,
+     EXIT_INPUT),
     ("something else entirely", ImageError, EXIT_ENVIRONMENT),
 ])
 def test_engine_messages_become_one_line_errors_with_their_exit_code(

@@ -28,7 +28,7 @@ from rich.progress import (
 from sbx.errors import SbxError, SpecError
 from sbx.sandbox.pull import (
     ImageError,
-    ImageNotFoundInRegistry,
+    ImageReferenceError,
     PullPolicy,
     PullProgress,
     ResolvedImage,
@@ -105,7 +105,7 @@ def resolve_step_images(
             try:
                 with PullDisplay(console, ref, quiet=quiet) as display:
                     image = resolve_image(client, ref, policy, on_progress=display.update)
-            except ImageNotFoundInRegistry as exc:
+            except ImageReferenceError as exc:
                 done[key] = SpecError(str(spec_path), f"steps.{step}.image" if len(images) > 1
                                       else "image", exc.diagnostics())
             except ImageError as exc:

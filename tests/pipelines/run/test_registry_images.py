@@ -113,6 +113,8 @@ def test_registry_failures_are_one_line_with_their_exit_code_and_leave_nothing(
          f"no registry answers at localhost:{port}"),
         (_step(tmp_path, f"{registry.host}/sbx-test/none:v1", pull="never"), EXIT_ENVIRONMENT,
          "pull policy is never"),
+        (_step(tmp_path, f"{registry.host}/sbx-test/UPPER:v1"), EXIT_INPUT,
+         "is not a valid image reference"),
     ]
     for step, code, text in cases:
         capsys.readouterr()

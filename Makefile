@@ -1,5 +1,6 @@
-# sbx developer tasks. `make test` is all a fresh Linux machine with Docker needs:
-# it installs the package (dev extras) and builds the images first.
+# sbx developer tasks. `make demo` and `make test` are all a fresh Debian or Ubuntu machine
+# with Docker needs: they install the system tools (scripts/need-tools: mmdebstrap, pip), the
+# package with its dev extras, and build the images first.
 
 PYTHON ?= python3
 STAMPS := .sbx/stamps
@@ -7,15 +8,19 @@ STAMPS := .sbx/stamps
 # on a throw-away machine, so allow it there. Inside a venv this stays empty.
 PIP_FLAGS := $(shell $(PYTHON) -c 'import os, sys, sysconfig; print("--break-system-packages" if sys.prefix == sys.base_prefix and os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else "")' 2>/dev/null)
 
-.PHONY: dev lint images test redteam demo demo-pipeline bench bench-full clean
+.PHONY: tools dev lint images test redteam demo demo-pipeline bench bench-full clean
+
+# mmdebstrap and pip through apt-get (as root or with sudo), or one line saying how (exit 3).
+tools:
+	@PYTHON='$(PYTHON)' sh scripts/need-tools
 
 # Install sbx in editable mode with the dev tools.
-dev:
+dev: tools
 	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[dev]'
 	@mkdir -p $(STAMPS) && touch $(STAMPS)/dev
 
 # Reinstall only when the dependencies change.
-$(STAMPS)/dev: pyproject.toml
+$(STAMPS)/dev: pyproject.toml | tools
 	$(MAKE) dev
 
 lint: $(STAMPS)/dev
@@ -24,7 +29,7 @@ lint: $(STAMPS)/dev
 
 # Build the runtime (gateway/agent/probe) and step images with mmdebstrap + docker import.
 # Always runs: it takes milliseconds when the images for the current code already exist.
-images: $(STAMPS)/dev
+images: tools $(STAMPS)/dev
 	$(PYTHON) -m sbx.sandbox.images
 
 test: $(STAMPS)/dev images
@@ -34,8 +39,10 @@ test: $(STAMPS)/dev images
 redteam: $(STAMPS)/dev images
 	$(PYTHON) -m pytest -q -m redteam tests/redteam
 
+# The point in under a minute: a local "internet", one allowed fetch, one denied attempt,
+# sbx verify, the HTML report, and the paths to open.
 demo: $(STAMPS)/dev images
-	$(PYTHON) -m sbx run examples/hello/step.yaml
+	$(PYTHON) examples/demo/demo.py
 
 # The realistic pipeline: starts its own package mirror, runs, removes the mirror.
 demo-pipeline: $(STAMPS)/dev images

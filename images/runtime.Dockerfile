@@ -8,7 +8,11 @@
 # Without a registry, sbx makes the base with mmdebstrap instead (see sbx/sandbox/images.py).
 ARG BASE=python:3.12-slim
 FROM ${BASE}
-RUN apt-get update \
+# A base that already has what the runtime needs (a Debian python3 with python3-dnslib,
+# iptables and iproute2, such as a mirrored sbx-base-runtime) builds without any network.
+RUN if command -v iptables >/dev/null && command -v ip >/dev/null \
+      && python3 -c 'import dnslib' 2>/dev/null; then exit 0; fi \
+ && apt-get update \
  && apt-get install -y --no-install-recommends iptables iproute2 \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m pip install --no-cache-dir 'dnslib>=0.9'

@@ -276,3 +276,29 @@ def _no_leftovers(request: pytest.FixtureRequest) -> Iterator[None]:
 def _abandoned(object_labels: dict[str, str] | None) -> bool:
     owner = (object_labels or {}).get(labels.OWNER)
     return owner == labels.owner() or not labels.owner_alive(owner)
+
+
+
+@pytest.fixture(scope="session")
+def registry(docker_client: docker.DockerClient, sbx_images: tuple[str, str]) -> Iterator[Any]:
+    """A real registry (Debian's docker-registry) without auth, at ``registry.host``."""
+    from registry import Registry
+
+    reg = Registry(docker_client).start()
+    try:
+        yield reg
+    finally:
+        reg.close()
+
+
+@pytest.fixture(scope="session")
+def auth_registry(docker_client: docker.DockerClient,
+                  sbx_images: tuple[str, str]) -> Iterator[Any]:
+    """A real registry with htpasswd auth (user and password in tests/registry.py)."""
+    from registry import Registry
+
+    reg = Registry(docker_client, auth=True).start()
+    try:
+        yield reg
+    finally:
+        reg.close()

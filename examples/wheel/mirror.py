@@ -31,6 +31,7 @@ from pathlib import Path
 import docker
 from docker.errors import APIError
 
+from sbx.sandbox import labels as L
 from sbx.sandbox.archive import pack_files
 
 HERE = Path(__file__).resolve().parent
@@ -77,7 +78,8 @@ ROLE = "example-mirror"
 def start_mirror(client: docker.DockerClient) -> Mirror:
     """Start the mirror and leave it running; `stop_mirrors` removes it."""
     run_id = "example-wheel-" + secrets.token_hex(4)
-    labels = {"sbx.managed": "1", "sbx.run": run_id, "sbx.role": ROLE}
+    # sbx.owner: `sbx gc` (and the tests' leftover check) leave a live mirror alone.
+    labels = {"sbx.managed": "1", "sbx.run": run_id, "sbx.role": ROLE, L.OWNER: L.owner()}
     api = client.api
     net_id = cid = None
     try:

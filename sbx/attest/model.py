@@ -108,6 +108,10 @@ class StepEvidence:
     started: str | None
     ended: str | None
     isolation: Isolation | None  # None when the sandbox never came up
+    # The registry's manifest digest (repository@sha256:...) the image came from, None for
+    # an image built on this engine; and the image's os/architecture[/variant].
+    image_repo_digest: str | None = None
+    image_platform: str | None = None
 
 
 @dataclass(frozen=True)

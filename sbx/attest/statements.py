@@ -79,7 +79,9 @@ def link_payload(step: StepEvidence, run: RunEvidence) -> Payload:
         byproducts["reason"] = step.reason
     environment: dict[str, Any] = {
         "run": run.binding.to_dict(), "image": step.image,
-        "imageDigest": step.image_id, "startedOn": step.started, "finishedOn": step.ended,
+        "imageDigest": step.image_id, "imageRepoDigest": step.image_repo_digest,
+        "imagePlatform": step.image_platform,
+        "startedOn": step.started, "finishedOn": step.ended,
         "sbxVersion": run.sbx_version,
     }
     predicate = {
@@ -139,8 +141,13 @@ def provenance_payload(run: RunEvidence, step_payloads: list[Payload]) -> Payloa
         if step.image_id and (step.image, step.image_id) not in seen:
             seen.add((step.image, step.image_id))
             algo, _, hexdigest = step.image_id.partition(":")
+            annotations = {"kind": "container-image"}
+            if step.image_repo_digest:
+                annotations["repoDigest"] = step.image_repo_digest
+            if step.image_platform:
+                annotations["platform"] = step.image_platform
             dependencies.append({"name": step.image, "digest": {algo: hexdigest},
-                                 "annotations": {"kind": "container-image"}})
+                                 "annotations": annotations})
         dependencies += [a.descriptor() for a in step.materials if a.source == "workspace"]
     internal: dict[str, Any] = {"run": run.binding.to_dict(), "interrupted": run.interrupted}
     external: dict[str, Any] = {"spec": {"path": run.spec_path,

@@ -65,6 +65,8 @@ class LinkEnvironment(_Wire):
     run: RunRef
     image: str
     imageDigest: str | None = None
+    imageRepoDigest: str | None = None
+    imagePlatform: str | None = None
     startedOn: str | None = None
     finishedOn: str | None = None
     sbxVersion: str

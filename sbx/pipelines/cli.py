@@ -34,6 +34,7 @@ from sbx.pipelines.spec.loader import load_yaml
 from sbx.pipelines.spec.pipeline import is_pipeline, validate_pipeline
 from sbx.pipelines.spec.release import is_release_policy, validate_release_policy
 from sbx.pipelines.spec.step import step_json_schema, validate_step
+from sbx.sandbox.pull import PullPolicy
 
 
 class Command(enum.StrEnum):
@@ -67,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
                           "(default: $SBX_EGRESS_NETWORK, else a fresh network per step)")
     run.add_argument("--no-build", action="store_true",
                      help="fail instead of building missing sbx images")
+    run.add_argument("--pull", type=PullPolicy, choices=list(PullPolicy),
+                     help="pull policy for every step's image, overriding the steps' `pull` "
+                          "(always, if-not-present, never)")
+    run.add_argument("--base", metavar="IMAGE", default=None,
+                     help="build the gateway image FROM this registry image when it is "
+                          "missing (default: $SBX_IMAGE_BASE, else mmdebstrap)")
     run.add_argument("-q", "--quiet", action="store_true", help="print only the result line")
     run.add_argument("--signer", type=SignerKind, choices=list(SignerKind),
                      help="local (default: Ed25519 key) or sigstore (keyless)")
@@ -156,6 +163,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
     result = run_file(args.file, RunOptions(out_dir=args.out, workspace=args.workspace,
                                             egress_network=args.egress_network,
                                             build_images=not args.no_build, signing=signing,
+                                            pull=args.pull, base=args.base,
                                             alert_webhook=webhook, junit=args.junit,
                                             codequality=args.codequality,
                                             job=cli_jobs.job_options(args)),

@@ -37,6 +37,9 @@ class StepConfig:
     proxy_env: bool = False
     inputs: tuple[tuple[Path, str], ...] = ()
     outputs: tuple[str, ...] = ()
+    # The image id (sha256:...) the reference resolved to when it was pulled: the step runs
+    # this, so a tag that moves during the run cannot change what runs.
+    image_id: str | None = None
 
 
 @dataclass(frozen=True)

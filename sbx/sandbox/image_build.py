@@ -159,7 +159,9 @@ def _mmdebstrap() -> str:
     path = shutil.which("mmdebstrap")
     if path is None:
         raise EnvironmentFailure(
-            "mmdebstrap is not installed: apt-get install mmdebstrap (then make images)"
+            "mmdebstrap is not installed: apt-get install mmdebstrap (then make images), or "
+            "set SBX_IMAGE_BASE (or pass --base) to a registry image such as python:3.12-slim "
+            "to build sbx's images from it"
         )
     return path
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ from sbx.sandbox.image_build import (
     _image_labels,
     _short_hash,
 )
+from sbx.sandbox.pull import PullPolicy, resolve_image
 
 __all__ = [
     "MANAGED_LABEL",
@@ -133,6 +135,14 @@ def runtime_files() -> list[tuple[str, Path]]:
 
 def _registry_base() -> str | None:
     return os.environ.get(BASE_ENV) or None
+
+
+def _base_source(explicit: bool) -> str:
+    """Why a registry base is used, for the line that says so."""
+    why = "--base" if explicit else f"{BASE_ENV} is set"
+    if shutil.which("mmdebstrap") is None:
+        why += ", mmdebstrap is not installed"
+    return why
 
 
 def _dockerfile(name: str) -> Path:
@@ -228,6 +238,7 @@ def ensure_runtime_image(
     ``build=False`` raises EnvironmentFailure instead of building. ``base`` (default: the
     ``SBX_IMAGE_BASE`` environment variable) selects the registry-based Dockerfile build.
     """
+    explicit = base is not None
     base = base or _registry_base()
     tag = runtime_image_tag(base)
     if not force and _image_labels(client, tag) is not None:
@@ -239,7 +250,15 @@ def ensure_runtime_image(
             return tag  # another process built it while we waited
         started = time.monotonic()
         first = base is None and _image_labels(client, base_runtime_image_tag()) is None
-        log(f"sbx: building the gateway image {tag}" + (" (first use, ~40 s)" if first else ""))
+        if base is None:
+            log(f"sbx: building the gateway image {tag}"
+                + (" (first use, ~40 s)" if first else ""))
+        else:
+            log(f"sbx: building the gateway image {tag} FROM {base} "
+                f"({_base_source(explicit)}; images/runtime.Dockerfile)")
+            # On the host side, before the build: one-line errors for a missing image, a
+            # refused login or no registry, and progress for a large base.
+            resolve_image(client, base, PullPolicy.IF_NOT_PRESENT)
         _build_runtime(client, tag, base=base, force=force, log=log)
         log(f"sbx: built {tag} in {time.monotonic() - started:.1f} s")
     return tag
@@ -280,7 +299,10 @@ def ensure_step_image(
         if not force and labels is not None and labels.get(RECIPE_LABEL) == recipe:
             return STEP_IMAGE
         started = time.monotonic()
-        log(f"sbx: building the step image {STEP_IMAGE} (~40 s)")
+        log(f"sbx: building the step image {STEP_IMAGE} (~40 s)"
+            + ("" if base is None else f" FROM {base} (images/step.Dockerfile)"))
+        if base is not None:
+            resolve_image(client, base, PullPolicy.IF_NOT_PRESENT)
         if base is None:
             _build_debian_image(client, _STEP_BASE, STEP_IMAGE, log)
         else:

@@ -62,7 +62,8 @@ class Sandbox(Teardown, Probing, RuntimeStart):
             vol = self.api.create_volume(name=self._name("work"), labels=self._labels("volume"))
             mounts.append(docker.types.Mount(step.workdir, vol["Name"], type="volume"))
         cid = self._create(
-            "step", image=step.image, command=list(step.command), environment=env,
+            "step", image=step.image_id or step.image, command=list(step.command),
+            environment=env,
             working_dir=step.workdir, user=step.user or "",
             host_config=self.api.create_host_config(
                 network_mode=f"container:{self.containers['agent']}",
@@ -180,9 +181,10 @@ class Sandbox(Teardown, Probing, RuntimeStart):
         return response
 
     def image_digest(self) -> str:
-        """The step image's id (content digest) as the engine knows it."""
+        """The step image's id (content digest) as the engine knows it: the id it was
+        resolved to (sbx.sandbox.pull), which must still be there, or the reference's."""
         try:
-            return str(self.api.inspect_image(self.step.image)["Id"])
+            return str(self.api.inspect_image(self.step.image_id or self.step.image)["Id"])
         except NotFound:
             raise EnvironmentFailure(
                 f"image {self.step.image} is not on this engine: build it (make images) "

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -65,3 +66,43 @@ def test_the_mirror_serves_reproducible_sources() -> None:
     assert all(m.mtime == 0 and m.uid == 0 for m in members)
     assert "greet-1.0/greet/__init__.py" in [m.name for m in members]
     assert data == mirror.sdist("greet")
+
+
+def _demo_module() -> ModuleType:
+    path = Path(__file__).parents[2] / "examples" / "demo" / "demo.py"
+    spec = importlib.util.spec_from_file_location("sbx_demo", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_demo_shows_an_allowed_fetch_a_denied_attempt_the_gate_and_the_paths(
+        tmp_path: Path, sbx_images: tuple[str, str], docker_client: Any,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    demo = _demo_module()
+    out = tmp_path / "demo"
+    assert demo.main(["--out", str(out)]) == EXIT_OK
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    run = out / "run"
+    # the three paths a newcomer opens, and the verdict
+    assert f"records   {run / 'run.json'}" in text
+    assert f"report    {out / 'report.html'}" in text
+    assert f"evidence  {run / 'attestations'}/" in text
+    verdict = [line for line in text.splitlines() if line.startswith("verdict:")]
+    assert verdict and "denied" in verdict[0] and "refuses" in verdict[0]
+    # the violation was printed while the run went, before the verification table
+    assert text.index("denied  demo dns   collector.sbx.example") < text.index("sbx verify")
+    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+    flows = {(e.get("kind"), e.get("name"), e.get("verdict")) for e in events}
+    assert ("tcp", "files.sbx.example", "allowed") in flows
+    assert ("dns", "collector.sbx.example", "denied") in flows
+    assert (run / "outputs/demo/dist/tool.txt").read_bytes() == demo.TOOL
+    assert "<html" in (out / "report.html").read_text().lower()
+    assert any((run / "attestations").glob("*.dsse.json"))
+    # the demo's internet is gone
+    left = docker_client.api.containers(all=True, filters={"label": ["sbx.step=demo"]})
+    left += docker_client.api.networks(filters={"label": ["sbx.step=demo"]})
+    assert left == []

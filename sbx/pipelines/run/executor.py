@@ -175,6 +175,8 @@ class Executor:
             self._finish(st)
 
     def _prepare(self, st: StepState) -> None:
+        if st.error is not None:  # its image could not be had (runner._pull_images)
+            raise st.error
         self._set(st, status="preparing", started=utcnow())
         with st.sandbox.timed("image"):
             st.record["image"]["id"] = st.sandbox.image_digest()

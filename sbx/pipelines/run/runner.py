@@ -13,13 +13,15 @@ import secrets
 import shlex
 import signal
 import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import docker
 import psutil
+from rich.markup import escape
 
 import sbx
 from sbx.attest.errors import SigningError
@@ -40,6 +42,7 @@ from sbx.pipelines.report.ci import write_codequality, write_junit
 from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run import evidence as ev
 from sbx.pipelines.run.executor import Executor, StepState, step_record, write_record
+from sbx.pipelines.run.pulls import resolve_step_images
 from sbx.pipelines.run.records import EventListener, EventLog, Masker
 from sbx.pipelines.run.step_job import (
     JobOptions,
@@ -56,6 +59,7 @@ from sbx.pipelines.spec.step import StepSpec, spec_digest, validate_step
 from sbx.sandbox import engine, images, labels
 from sbx.sandbox.config import Limits, SandboxOptions, StepConfig
 from sbx.sandbox.engine import ENGINE_ERRORS, is_unreachable
+from sbx.sandbox.pull import PullPolicy
 from sbx.sandbox.sandbox import Sandbox, remove_by_label, utcnow
 
 
@@ -67,6 +71,8 @@ class RunOptions:
     workspace: Path | None = None
     egress_network: str | None = None
     build_images: bool = True
+    pull: PullPolicy | None = None  # overrides every step's `pull`
+    base: str | None = None  # registry base for the gateway image (default $SBX_IMAGE_BASE)
     signing: ev.SigningOptions = field(default_factory=ev.SigningOptions)
     listeners: tuple[EventListener, ...] = ()
     alert_webhook: str | None = None
@@ -225,11 +231,14 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         pipeline_id = producers.pipeline_id
     pipeline_id = pipeline_id or fresh_pipeline_id()
     client = engine.connect()
-    runtime_image = images.ensure_runtime_image(client, build=options.build_images,
-                                                log=lambda m: view.phase(pipeline.name, m))
+
+    def log(message: str) -> None:
+        view.phase(pipeline.name, escape(message))
+
+    runtime_image = images.ensure_runtime_image(client, build=options.build_images, log=log,
+                                                base=options.base)
     if any(c.image == images.STEP_IMAGE for c in configs.values()):
-        images.ensure_step_image(client, build=options.build_images,
-                                 log=lambda m: view.phase(pipeline.name, m))
+        images.ensure_step_image(client, build=options.build_images, log=log)
     run_id = new_run_id()
     out = (options.out_dir or Path(".sbx/runs") / run_id).resolve()
     try:
@@ -279,12 +288,15 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         st.imported = imported
     executor = Executor(states, out, events, masker, view, engine_info.version, save, alerter)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    view.start({s.spec.name: s.needs for s in pipeline.steps})
     threads: list[threading.Thread] = []
     try:
         save()
         if save.error is not None:  # not even run.json fits: start nothing
             raise run_dir_failure(out, save.error, "writing run.json")
+        # Every step image, pulled under its policy on the host side before any sandbox
+        # exists (and before the live table, so a large pull can show its own bar).
+        _pull_images(client, states, options.pull, path, view, log)
+        view.start({s.spec.name: s.needs for s in pipeline.steps})
         # Held back while the workers start: a signal in between would leave `threads`
         # unset, and the clean-up below would not wait for workers already creating.
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
@@ -365,6 +377,24 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
 
 
 
+def _pull_images(client: docker.DockerClient, states: dict[str, StepState],
+                 override: PullPolicy | None, path: Path, view: LiveView,
+                 log: Callable[[str], None]) -> None:
+    """Resolve each step's image; the step runs the id resolved here. A step whose image
+    cannot be had keeps the error, and its worker records it instead of running."""
+    resolved, failed = resolve_step_images(
+        client, {name: (st.plan.spec.image, override or st.plan.spec.pull)
+                 for name, st in states.items()}, path, view.console, log, quiet=view.quiet)
+    for name, image in resolved.items():
+        st = states[name]
+        st.config = replace(st.config, image_id=image.id)
+        st.sandbox.step = st.config
+        st.record["image"].update(repo_digest=image.repo_digest, platform=image.platform,
+                                  pulled=image.pulled)
+    for name, error in failed.items():
+        states[name].error = error
+
+
 def _sign(run: RunEvidence, signer: Signer, out: Path,
           record: dict[str, Any]) -> ev.SignedEvidence:
     """Sign the run's Statements; a signal or a full disk leaves them unsigned, said why."""
@@ -398,7 +428,9 @@ def _evidence(st: StepState, out: Path, events: EventLog) -> StepEvidence:
                        for o in rec["outputs"]),
         logs=ev.log_artifacts(out, st.name), status=rec["status"],
         exit_code=rec["exit_code"], reason=rec["reason"], image=st.config.image,
-        image_id=rec["image"]["id"], started=rec["step_started"], ended=rec["ended"],
+        image_id=rec["image"]["id"], image_repo_digest=rec["image"].get("repo_digest"),
+        image_platform=rec["image"].get("platform"),
+        started=rec["step_started"], ended=rec["ended"],
         isolation=ev.isolation_of(
             st.facts, policy=st.config.policy.to_dict(), probes=st.probes,
             peer_probes=list(st.peer_probes), flows=rec["flows"],

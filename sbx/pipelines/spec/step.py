@@ -33,6 +33,7 @@ from pydantic import (
 from sbx.pipelines.spec.errors import _kind, to_spec_error
 from sbx.pipelines.spec.loader import LoadedDoc, load_yaml
 from sbx.sandbox import policy as pol
+from sbx.sandbox.pull import ImageError, ImageRef, PullPolicy
 
 # --------------------------------------------------------------------------- refusals
 
@@ -261,6 +262,8 @@ class StepSpec(_Model):
 
     name: str = Field(strict=True, pattern=_NAME_RE.pattern)
     image: str = Field(strict=True, pattern=_IMAGE_RE.pattern)
+    # When sbx pulls the image, on the host side before the sandbox exists (GitLab's values).
+    pull: PullPolicy = PullPolicy.IF_NOT_PRESENT
     run: Annotated[str | tuple[tuple[str, ...], ...], BeforeValidator(_run_value)]
     workdir: ContainerPath = "/workspace"
     inputs: tuple[InputPath, ...] = ()
@@ -285,6 +288,16 @@ class StepSpec(_Model):
         clash = sorted(set(value) & set(info.data.get("env") or {}))
         if clash:
             raise ValueError(f"{clash[0]} is both in env and in secrets; keep it in one of them")
+        return value
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        try:
+            ImageRef.parse(value)
+        except ImageError:
+            raise ValueError(f"{value!r}: the digest after @ must be sha256: and 64 lowercase "
+                             "hex digits (as `docker inspect` prints it)") from None
         return value
 
     @field_validator("tmpfs")

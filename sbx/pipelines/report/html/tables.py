@@ -236,6 +236,8 @@ def _step_section(step: _Step, run: _Run) -> str:
         ("duration", _e(_duration(d.get("step_started"), d.get("ended")))),
         ("image", _code(image.get("ref")) + (f" {_code(image.get('id'))}"
                                              if image.get("id") else "")),
+        ("image source", " ".join(x for x in (_code(image.get("repo_digest")),
+                                              _e(image.get("platform"))) if x)),
         ("policy", _e(policy.get("mode")) + (f" {_code(policy.get('digest'))}"
                                              if policy.get("digest") else "")),
         ("allowlist", ", ".join(_code(a) for a in _l(policy.get("allow")))),

@@ -13,6 +13,7 @@ import unicodedata
 from typing import Any
 
 from rich.markup import escape
+from rich.text import Text
 
 _MAX = 512
 
@@ -26,13 +27,22 @@ def _visible(ch: str) -> str:
 
 
 def plain(value: Any, limit: int = _MAX) -> str:
-    """`value` as one line of text with every control or invisible character spelled out."""
-    text = "".join(_visible(ch) for ch in str(value))
-    if "\\" in str(value):  # keep a real backslash apart from the spellings above
-        text = "".join("\\\\" if ch == "\\" else _visible(ch) for ch in str(value))
+    """`value` as one line of text with every control or invisible character spelled out.
+
+    A trailing backslash is spelled out too (`\\x5c`): rich would read it as escaping
+    whatever markup follows the value.
+    """
+    raw = str(value)
+    stripped = raw.rstrip("\\")
+    text = "".join(_visible(ch) for ch in stripped) + "\\x5c" * (len(raw) - len(stripped))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def shown(value: Any, limit: int = _MAX) -> str:
     """`plain(value)`, escaped for rich markup: safe inside any markup string."""
     return escape(plain(value, limit))
+
+
+def markup(line: str) -> Text:
+    """A markup string as rich Text, with emoji codes off: `:v:` in a name stays text."""
+    return Text.from_markup(line, emoji=False)

@@ -33,6 +33,7 @@ from sbx.pipelines.spec.loader import load_yaml
 from sbx.pipelines.spec.pipeline import is_pipeline, validate_pipeline
 from sbx.pipelines.spec.release import is_release_policy, validate_release_policy
 from sbx.pipelines.spec.step import step_json_schema, validate_step
+from sbx.shown import plain
 
 
 class Command(enum.StrEnum):
@@ -154,7 +155,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                                             codequality=args.codequality),
                       LiveView(console, quiet=args.quiet))
     record = result.record
-    reason = f": {record['reason']}" if record.get("reason") else ""
+    reason = f": {plain(record['reason'], 4096)}" if record.get("reason") else ""
     print(f"sbx: {record['kind']} {record['name']} {record['status']}{reason} "
           f"(records in {result.out_dir})", file=sys.stderr)
     return result.exit_code

@@ -30,6 +30,7 @@ from sbx.pipelines.spec.pipeline import PlannedStep
 from sbx.sandbox.archive import OutputFile
 from sbx.sandbox.config import ProbeResult, SandboxFacts, StepConfig
 from sbx.sandbox.engine import is_unreachable, lost
+from sbx.sandbox.recorder import RecorderCounts
 from sbx.sandbox.sandbox import Sandbox, SandboxFailure, utcnow
 
 STORE = "store/sha256"
@@ -45,7 +46,7 @@ def step_record(step: PlannedStep, config: StepConfig) -> dict[str, Any]:
         "policy": {"mode": config.policy.mode, "digest": config.policy.digest(),
                    "allow": [r.text for r in config.policy.rules]},
         "docker": {}, "probes": [], "peer_probes": [], "inputs": [], "outputs": [],
-        "flows": {}, "faults": [], "timings": {},
+        "flows": {}, "recording": None, "faults": [], "timings": {},
     }
 
 
@@ -259,6 +260,7 @@ class Executor:
         self._set(st, status="running", step_started=utcnow(),
                   inputs=[_input_dict(a) for a in st.materials])
         st.step_started = parse_time(st.record["step_started"])
+        self.events.arm(st.name, st.step_started)
         self.view.arm(st.name)
         if self.alerter is not None:
             self.alerter.arm(st.name)
@@ -326,8 +328,10 @@ class Executor:
         rec["log"] = dict(sandbox.log_stats)
         rec["faults"] = [self.masker.text(f) for f in sandbox.faults]
         # A step that never ran its command has no traffic of its own, only its probes'.
-        rec["flows"] = (self.events.flow_counts(st.step_started, st.name)
+        rec["flows"] = (self.events.flow_counts(st.name)
                         if st.step_started else dict.fromkeys(FLOW_VERDICTS, 0))
+        rec["recording"] = recording(rec["flows"], self.events.itemized(st.name),
+                                     sandbox.recorder_counts())
         rec["ended"] = utcnow()
         if rec["status"] == "succeeded":
             denied = rec["flows"].get("denied", 0)
@@ -392,6 +396,14 @@ class Executor:
                 handed.append(Artifact(f"outputs/{item.from_}/{o['path']}", o["sha256"],
                                        item.from_))
         return tuple(staged), tuple(handed)
+
+
+def recording(flows: dict[str, int], itemized: int, counts: RecorderCounts) -> dict[str, Any]:
+    """"N attempts, M itemized": every decision counted plus what each layer dropped or
+    refused without an event, against the decision lines in events.jsonl."""
+    decided = sum(flows.values())
+    return {"attempts": decided + counts.unitemized, "itemized": itemized,
+            "decisions_not_itemized": decided - itemized, **counts.to_dict()}
 
 
 def _input_dict(a: Artifact) -> dict[str, Any]:

@@ -79,6 +79,7 @@ class Recorder(SandboxObjects):
         self._firewall_dropped: int | None = None
         self._watchdog: threading.Thread | None = None
         self._recorder_failed = False
+        self.recorder_fault: str | None = None  # why the recorder failed, one line
 
     def _heartbeat(self, role: str, event: dict[str, Any]) -> None:
         counters = event.get("counters")
@@ -126,6 +127,7 @@ class Recorder(SandboxObjects):
                 return
             self._recorder_failed = True
         fault = f"the {role} {what}; the step was stopped and fails closed"
+        self.recorder_fault = fault
         self.faults.append(fault)
         try:
             self.on_event({"time": utcnow(), "kind": role, "step": self.step.name,

@@ -340,6 +340,9 @@ class Executor:
             elif denied and st.config.policy.mode == "enforce":
                 rec.update(status="failed",
                            reason=f"{denied} egress attempt(s) denied (enforce mode)")
+        if sandbox.recorder_fault is not None and rec["status"] != "interrupted":
+            # Whatever else went wrong after it, the run's record has a gap: say so first.
+            rec.update(status="failed", reason=self.masker.text(sandbox.recorder_fault))
         st.ok = rec["status"] == "succeeded" and not self.cancelled.is_set()
         with self._lock:
             self.save()

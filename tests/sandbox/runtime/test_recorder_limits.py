@@ -184,3 +184,42 @@ def test_udp_drops_reads_the_drops_column(tmp_path: Any) -> None:
         " 0000000000000000 99\n")
     assert udp_drops((53,), (str(table),)) == 1234
     assert udp_drops((15297, 53), (str(table),)) == 1333
+
+
+def test_a_flow_still_connecting_when_the_gateway_stops_is_recorded(
+        out: Lines, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decision of a flow is written when it opens; one whose upstream connect is
+    still pending at SIGTERM used to leave nothing. The gateway's stop writes it."""
+    from sbx.sandbox.runtime import proxy as proxy_module
+
+    release = threading.Event()
+
+    def slow_connect(*_args: Any, **_kwargs: Any) -> socket.socket:
+        release.wait(20)
+        raise OSError("gave up")
+
+    monkeypatch.setattr(Gate, "resolve", lambda self, name, port, family=0: ["198.18.0.77"])
+    policy = Policy(rules=(parse_rule("slow.test:443", "step.yaml:3"),))
+    server = limits.bounded(Proxy, 4, "build", "gateway", "proxy")(("127.0.0.1", 0),
+                                                                    ProxyHandler)
+    server.gate = Gate(step="build", policy=policy, refused=())
+    server.flows, server.flows_lock = {}, threading.Lock()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = socket.create_connection(server.server_address, timeout=10)
+    # The module, not the test: the gateway's own upstream connect hangs from here on.
+    monkeypatch.setattr(proxy_module.socket, "create_connection", slow_connect)
+    try:
+        client.sendall(b"CONNECT slow.test:443 HTTP/1.1\r\nHost: slow.test:443\r\n\r\n")
+        _wait_for(lambda: bool(server.flows))
+        with server.flows_lock:  # what the gateway's SIGTERM handler does
+            for flow in list(server.flows.values()):
+                proxy_module.emit_close(flow)
+            server.flows.clear()
+    finally:
+        release.set()
+        client.close()
+        server.shutdown()
+        server.server_close()
+    [event] = [e for e in out.events() if e["kind"] == "tcp"]
+    assert event["verdict"] == "allowed" and event["name"] == "slow.test"
+    assert "stopped while it was connecting" in event["reason"] and "phase" not in event

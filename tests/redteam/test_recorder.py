@@ -43,6 +43,32 @@ json.dump({"sent": sent}, open("out/flood.json", "w"))
 """
 
 
+IDLE = r"""
+import json, os, socket, struct, sys, time, urllib.parse
+gateway = urllib.parse.urlparse(os.environ["SBX_PROXY"]).hostname
+held = []
+for target in [(gateway, 53)] * 300 + [("127.0.0.11", 53)] * 50:
+    try:
+        held.append(socket.create_connection(target, timeout=3))
+    except OSError:
+        pass
+name = sys.argv[1].encode()
+query = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"".join(
+    bytes([len(x)]) + x for x in name.split(b".")) + b"\0" + struct.pack("!HH", 1, 1)
+answered = False
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(3)
+for _ in range(5):
+    try:
+        s.sendto(query, ("127.0.0.11", 53))
+        answered = len(s.recv(512)) > 0
+        break
+    except OSError:
+        time.sleep(1)
+json.dump({"held": len(held), "answered": answered}, open("out/idle.json", "w"))
+"""
+
+
 def _run(tmp_path: Path, internet: Internet, run: str, files: dict[str, str],
          mode: str = "enforce") -> RunResult:
     ws = tmp_path / "ws"
@@ -82,6 +108,27 @@ def test_a_flood_is_counted_not_hidden(tmp_path: Path, internet: Internet) -> No
     signed = json.loads(base64.b64decode(json.loads(iso.read_text())["payload"]))
     recording = signed["predicate"]["sandbox"]["recording"]
     assert recording["attempts"] == rec["attempts"] and recording["firewallDropped"] >= n
+
+
+@pytest.mark.docker
+def test_idle_dns_connections_are_refused_counted_and_stop_nothing(
+        tmp_path: Path, internet: Internet) -> None:
+    """~250 idle TCP connections to the gateway's DNS port used to exhaust its 256
+    tasks: the gateway then refused without an event. Now slots bound the threads,
+    the extra connections are refused and counted, and a query after them is
+    answered and recorded."""
+    after = "after-idle.denied.test"
+    result = _run(tmp_path, internet, f"mkdir -p out && python3 idle.py {after}",
+                  {"idle.py": IDLE})
+    step = result.record["steps"]["flood"]
+    report = json.loads((result.out_dir / "outputs/flood/out/idle.json").read_text())
+    assert report["held"] >= 300 and report["answered"] is True, report
+    events = [json.loads(x) for x in (result.out_dir / "events.jsonl").read_text().splitlines()]
+    assert [e for e in events if e.get("kind") == "dns" and e.get("name") == after]
+    assert [e for e in events if e.get("phase") == "refused" and e.get("what") == "dns_tcp"]
+    assert step["recording"]["refused"] >= 300 - 2 * 8, step["recording"]
+    assert step["faults"] == [], step["faults"]
+    assert not [e for e in events if e.get("phase") in ("crashed", "recorder-failed")]
 
 
 @pytest.mark.docker

@@ -57,6 +57,13 @@ class RecorderCounts:
         """Attempts that are counted here but have no event."""
         return self.firewall_unlogged + self.dns_socket_drops + self.refused
 
+    def summary(self, decided: int, itemized: int) -> dict[str, Any]:
+        """"N attempts, M itemized": the step's decisions (counted, itemized or not)
+        plus what each layer dropped or refused without an event, against the
+        decision lines in events.jsonl; then the per-layer counts."""
+        return {"attempts": decided + self.unitemized, "itemized": itemized,
+                "decisions_not_itemized": decided - itemized, **self.to_dict()}
+
     def to_dict(self) -> dict[str, Any]:
         return {"firewall_dropped": self.firewall_dropped,
                 "firewall_itemized": self.firewall_itemized,

@@ -30,7 +30,6 @@ from sbx.pipelines.spec.pipeline import PlannedStep
 from sbx.sandbox.archive import OutputFile
 from sbx.sandbox.config import ProbeResult, SandboxFacts, StepConfig
 from sbx.sandbox.engine import is_unreachable, lost
-from sbx.sandbox.recorder import RecorderCounts
 from sbx.sandbox.sandbox import Sandbox, SandboxFailure, utcnow
 
 STORE = "store/sha256"
@@ -330,8 +329,8 @@ class Executor:
         # A step that never ran its command has no traffic of its own, only its probes'.
         rec["flows"] = (self.events.flow_counts(st.name)
                         if st.step_started else dict.fromkeys(FLOW_VERDICTS, 0))
-        rec["recording"] = recording(rec["flows"], self.events.itemized(st.name),
-                                     sandbox.recorder_counts())
+        rec["recording"] = sandbox.recorder_counts().summary(
+            sum(rec["flows"].values()), self.events.itemized(st.name))
         rec["ended"] = utcnow()
         if rec["status"] == "succeeded":
             denied = rec["flows"].get("denied", 0)
@@ -399,14 +398,6 @@ class Executor:
                 handed.append(Artifact(f"outputs/{item.from_}/{o['path']}", o["sha256"],
                                        item.from_))
         return tuple(staged), tuple(handed)
-
-
-def recording(flows: dict[str, int], itemized: int, counts: RecorderCounts) -> dict[str, Any]:
-    """"N attempts, M itemized": every decision counted plus what each layer dropped or
-    refused without an event, against the decision lines in events.jsonl."""
-    decided = sum(flows.values())
-    return {"attempts": decided + counts.unitemized, "itemized": itemized,
-            "decisions_not_itemized": decided - itemized, **counts.to_dict()}
 
 
 def _input_dict(a: Artifact) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from rich.table import Table
 from sbx.pipelines.run.records import is_decision
 from sbx.shown import markup, shown
 
+# Decision lines printed per step; the table and run.json keep counting past them.
+LINES_PER_STEP = 1000
 _STATUS_STYLE = {"succeeded": "green", "skipped": "dim", "running": "cyan",
                  "interrupted": "yellow"}
 
@@ -33,6 +35,7 @@ class LiveView:
         self._lock = threading.RLock()
         self._steps: dict[str, dict[str, Any]] = {}
         self._live: Live | None = None
+        self._lines: dict[str, int] = {}  # decision lines printed per step
 
     def start(self, needs: dict[str, tuple[str, ...]]) -> None:
         """Begin showing the DAG; steps in topological order with what they need."""
@@ -121,6 +124,12 @@ class LiveView:
                 if info is not None and verdict in ("allowed", "denied"):
                     info[str(verdict)] += 1
                     self._refresh()
+                shown_lines = self._lines[step] = self._lines.get(step, 0) + 1
+            if shown_lines > LINES_PER_STEP:
+                if shown_lines == LINES_PER_STEP + 1:  # a flood must not flood the job log
+                    self._print(f"  [dim]{shown(step)}: more decisions than the "
+                                f"{LINES_PER_STEP} shown here; run.json counts them all[/]")
+                return
             where = event.get("name") or event.get("dst_ip") or "?"
             port = event.get("dst_port")
             target = shown(f"{where}:{port}" if port else where)

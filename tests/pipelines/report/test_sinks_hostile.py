@@ -162,3 +162,17 @@ def test_a_path_in_events_is_data_too(tmp_path: Path) -> None:
     view.arm("s")
     view.event(_event("x[/x]y"))
     assert "x[/x]y" in screen.getvalue()
+
+
+def test_a_flood_prints_a_bounded_number_of_lines_and_says_so() -> None:
+    from sbx.pipelines.report.live import LINES_PER_STEP
+
+    screen = io.StringIO()
+    view = LiveView(Console(file=screen, force_terminal=False, width=200), quiet=False)
+    view.start({"s": ()})
+    view.arm("s")
+    for i in range(LINES_PER_STEP + 500):
+        view.event(_event(f"n{i}"))
+    lines = screen.getvalue().splitlines()
+    assert len(lines) == LINES_PER_STEP + 1
+    assert "run.json counts them all" in lines[-1]

@@ -69,6 +69,28 @@ json.dump({"held": len(held), "answered": answered}, open("out/idle.json", "w"))
 """
 
 
+DNS_FLOOD = r"""
+import json, os, socket, struct, sys, urllib.parse
+gateway = urllib.parse.urlparse(os.environ["SBX_PROXY"]).hostname
+n = int(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setblocking(False)
+sent = 0
+for i in range(n):
+    name = b"q%d.flood.test" % i
+    query = struct.pack("!HHHHHH", i & 0xFFFF, 0x0100, 1, 0, 0, 0) + b"".join(
+        bytes([len(x)]) + x for x in name.split(b".")) + b"\0" + struct.pack("!HH", 1, 1)
+    while True:
+        try:
+            s.sendto(query, (gateway, 53))
+            break
+        except BlockingIOError:
+            pass
+    sent += 1
+json.dump({"sent": sent}, open("out/dns.json", "w"))
+"""
+
+
 def _run(tmp_path: Path, internet: Internet, run: str, files: dict[str, str],
          mode: str = "enforce") -> RunResult:
     ws = tmp_path / "ws"
@@ -108,6 +130,27 @@ def test_a_flood_is_counted_not_hidden(tmp_path: Path, internet: Internet) -> No
     signed = json.loads(base64.b64decode(json.loads(iso.read_text())["payload"]))
     recording = signed["predicate"]["sandbox"]["recording"]
     assert recording["attempts"] == rec["attempts"] and recording["firewallDropped"] >= n
+
+
+@pytest.mark.docker
+def test_a_dns_flood_at_the_gateway_is_capped_in_the_log_and_counted(
+        tmp_path: Path, internet: Internet) -> None:
+    """Straight to the gateway, not rate-limited: events.jsonl stops itemizing at its
+    limit and says so, while every query is counted as an event, a socket drop or a
+    refusal, so attempts covers all that were sent."""
+    n = 30_000
+    result = _run(tmp_path, internet, f"mkdir -p out && python3 dns.py {n}",
+                  {"dns.py": DNS_FLOOD})
+    step = result.record["steps"]["flood"]
+    rec = step["recording"]
+    sent = json.loads((result.out_dir / "outputs/flood/out/dns.json").read_text())["sent"]
+    assert sent == n
+    assert rec["attempts"] >= n, rec
+    assert rec["itemized"] <= 20_000 and step["faults"] == []
+    lines = (result.out_dir / "events.jsonl").read_text().splitlines()
+    assert len(lines) < 20_000 + 200
+    if rec["decisions_not_itemized"]:
+        assert any('"itemizing-stopped"' in line for line in lines)
 
 
 @pytest.mark.docker

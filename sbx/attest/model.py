@@ -89,6 +89,9 @@ class Isolation:
     events_sha256: str
     events_count: int
     peer_probes: tuple[Probe, ...] = ()
+    # "N attempts, M itemized": attempts counted (decisions plus what each layer
+    # dropped or refused without an event) against the decision events written.
+    recording: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)

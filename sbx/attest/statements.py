@@ -116,6 +116,8 @@ def isolation_predicate(iso: Isolation) -> dict[str, Any]:
         "flows": dict(sorted(iso.flows.items())),
         "destinations": sorted(iso.destinations),
         "events": {"digest": {"sha256": iso.events_sha256}, "count": iso.events_count},
+        **({"recording": dict(sorted(iso.recording.items()))} if iso.recording is not None
+           else {}),
     }
 
 

@@ -134,6 +134,7 @@ class Sandbox(_Wire):
     flows: dict[str, int]
     destinations: list[str]
     events: EventsRef
+    recording: dict[str, int] | None = None
 
 
 class IsolationPredicate(_Wire):

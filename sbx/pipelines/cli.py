@@ -35,6 +35,7 @@ from sbx.pipelines.spec.pipeline import is_pipeline, validate_pipeline
 from sbx.pipelines.spec.release import is_release_policy, validate_release_policy
 from sbx.pipelines.spec.step import step_json_schema, validate_step
 from sbx.sandbox.pull import PullPolicy
+from sbx.shown import plain
 
 
 class Command(enum.StrEnum):
@@ -169,7 +170,7 @@ def _run(args: argparse.Namespace, console: Console) -> int:
                                             job=cli_jobs.job_options(args)),
                       LiveView(console, quiet=args.quiet))
     record = result.record
-    reason = f": {record['reason']}" if record.get("reason") else ""
+    reason = f": {plain(record['reason'], 4096)}" if record.get("reason") else ""
     step = (record.get("pipeline") or {}).get("step")
     what = f"step {step} of pipeline" if step else record["kind"]
     print(f"sbx: {what} {record['name']} {record['status']}{reason} "

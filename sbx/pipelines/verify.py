@@ -17,6 +17,7 @@ from sbx.attest.verify.trust import IdentityTrust, KeyTrust, Trust
 from sbx.attest.verify.verifier import Report, verify_run
 from sbx.pipelines.run.evidence import DEFAULT_KEY_DIR
 from sbx.pipelines.spec.release import load_release_policy
+from sbx.shown import markup, shown
 
 
 @dataclass(frozen=True)
@@ -75,17 +76,20 @@ _STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.SKIP: "dim"}
 
 def render(report: Report, console: Console) -> None:
     """The report as a table, one row per check, with its reason."""
-    table = Table(title=f"sbx verify {report.run_dir}", caption=f"trusting {report.trust}",
+    table = Table(title=markup(f"sbx verify {shown(report.run_dir)}"),
+                  caption=markup(f"trusting {shown(report.trust)}"),
                   show_lines=False)
     table.add_column("check")
     table.add_column("result")
     table.add_column("reason", overflow="fold")
     for r in report.results:
-        table.add_row(r.check.value, f"[{_STYLE[r.status]}]{r.status.value}[/]", r.reason)
+        # Reasons quote names from the Statements and the run directory: data, not markup.
+        table.add_row(*map(markup, (r.check.value, f"[{_STYLE[r.status]}]{r.status.value}[/]",
+                                    shown(r.reason, limit=4096))))
     console.print(table)
     verdict = "[bold green]PASSED[/]" if report.passed else \
         f"[bold red]FAILED[/] ({', '.join(r.check.value for r in report.failed())})"
-    console.print(f"verification {verdict}")
+    console.print(markup(f"verification {verdict}"))
 
 
 def render_json(report: Report) -> str:

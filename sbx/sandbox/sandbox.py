@@ -46,6 +46,8 @@ class Sandbox(Teardown, Probing, RuntimeStart):
         """Run the command; returns (status, exit code). Logs stream to `log_path`."""
         step = self.step
         net = self._need_network()
+        if self.recorder_failed():
+            raise SandboxFailure("not run: " + self.faults[-1])
         env = dict(step.env)
         env.update({"SBX_STEP": step.name, "SBX_RUN_ID": self.run_id,
                     "SBX_PROXY": f"http://{net.gateway_ip}:{PROXY_PORT}"})
@@ -82,6 +84,8 @@ class Sandbox(Teardown, Probing, RuntimeStart):
         began = self._add_time("copy_in", began)
         output = self._attach(cid, stderr=True)
         self.api.start(cid)
+        if self.recorder_failed():  # failed between the check above and the start
+            self.api.kill(cid)
         writer = threading.Thread(target=self._write_log, args=(output, log_path, mask),
                                   daemon=True)
         writer.start()

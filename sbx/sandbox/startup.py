@@ -22,12 +22,12 @@ from sbx.sandbox.objects import (
     PROXY_PORT,
     RELAY_PORT,
     SandboxFailure,
-    SandboxObjects,
     utcnow,
 )
+from sbx.sandbox.recorder import Recorder
 
 
-class RuntimeStart(SandboxObjects):
+class RuntimeStart(Recorder):
     """Create the network, gateway and agent; turn their output into events."""
 
     def prepare(self) -> None:
@@ -91,6 +91,7 @@ class RuntimeStart(SandboxObjects):
                     if time.monotonic() > deadline:
                         raise SandboxFailure(f"the {role} was not ready within "
                                              f"{self.options.ready_timeout:.0f} s")
+        self._start_watchdog()
 
     def _start(self, role: str, cid: str) -> None:
         try:
@@ -116,7 +117,11 @@ class RuntimeStart(SandboxObjects):
         return stream
 
     def _follow(self, role: str, cid: str, output: Iterator[bytes]) -> None:
-        """Turn the runtime's standard output into events as they happen."""
+        """Turn the runtime's standard output into events as they happen.
+
+        Whatever stops this loop other than the stream's end is a fault that fails
+        the step closed: every later event of the role would be missing.
+        """
         buf = b""
         try:
             for chunk in output:
@@ -126,6 +131,10 @@ class RuntimeStart(SandboxObjects):
                     self._on_line(role, line)
         except ENGINE_ERRORS:  # the engine went away: the run notices on its next call
             pass
+        except Exception as exc:
+            self._recorder_fault(role, f"event follower stopped ({type(exc).__name__}: "
+                                       f"{str(exc)[:200]})")
+            return
         if role in self._ready and not self._ready[role].is_set():
             self._failed.setdefault(role, "exited before it was ready")
         elif not self._closed:
@@ -154,6 +163,11 @@ class RuntimeStart(SandboxObjects):
             return
         event.setdefault("source", role)
         event["step"] = self.step.name
+        if event.get("kind") == "heartbeat":
+            self._heartbeat(role, event)
+            if not event.get("final"):
+                return  # liveness, not a record: only the last beat's counters are kept
+        self._itemized_by_firewall(event)
         if event.get("kind") == role:
             if event.get("phase") == "ready":
                 if role == "agent":

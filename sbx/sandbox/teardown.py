@@ -10,10 +10,11 @@ from docker.errors import NotFound
 
 from sbx.sandbox import labels as L
 from sbx.sandbox.engine import ENGINE_ERRORS, is_unreachable
-from sbx.sandbox.objects import LOG_LIMIT, SandboxObjects
+from sbx.sandbox.objects import LOG_LIMIT
+from sbx.sandbox.recorder import Recorder
 
 
-class Teardown(SandboxObjects):
+class Teardown(Recorder):
     """`stop()` the gateway and agent, `close()` to remove everything; both repeatable."""
 
     def _save_runtime_log(self, role: str) -> None:
@@ -88,10 +89,11 @@ class Teardown(SandboxObjects):
         try:
             if role == "gateway":  # SIGTERM lets the gateway report the bytes of open flows
                 self.api.stop(cid, timeout=2)
-            else:  # the agent writes each event as it happens: nothing is left to flush
+            else:  # the agent writes each event as it happens: only its counters are left
                 if self._followers:
                     self._quiesce("agent")
-                self.api.kill(cid)
+                self.read_firewall_counters()
+                self.api.stop(cid, timeout=2)  # SIGTERM: its final heartbeat
         except ENGINE_ERRORS:
             pass
 

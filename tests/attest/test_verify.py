@@ -271,3 +271,62 @@ def test_garbage_documents_fail_without_an_exception(make_run: MakeRun) -> None:
     reasons = failed(verify(run))
     assert reasons.keys() == {"signatures"}
     assert "junk.dsse.json" in reasons["signatures"]
+
+
+# --------------------------------------------------------------------------- the JSON Lines copy
+
+
+def _bundle(run: SyntheticRun) -> Path:
+    return run.root / "attestations.intoto.jsonl"
+
+
+def test_a_flipped_payload_byte_in_the_jsonl_copy_fails_the_bundle_check(
+        make_run: MakeRun) -> None:
+    """SLSA tooling reads attestations.intoto.jsonl: a copy that differs from the
+    verified documents must not pass unnoticed."""
+    run = make_run(("fetch", "build"))
+    lines = _bundle(run).read_bytes().splitlines()
+    doc = json.loads(lines[1])
+    payload = bytearray(base64.b64decode(doc["payload"]))
+    payload[10] ^= 1
+    doc["payload"] = base64.b64encode(bytes(payload)).decode()
+    lines[1] = json.dumps(doc).encode()
+    _bundle(run).write_bytes(b"\n".join(lines) + b"\n")
+    reasons = failed(verify(run))
+    assert reasons.keys() == {"attestations-bundle"}
+    assert "attestations.intoto.jsonl:2 is none of the run's verified documents" in \
+        reasons["attestations-bundle"]
+
+
+def test_a_jsonl_copy_from_another_run_fails_the_bundle_check(
+        make_run: MakeRun, tmp_path: Path) -> None:
+    run = make_run(("fetch", "build"))
+    other = make_run(("fetch", "build"), run_id="20261122T000000Z-bbbb")
+    shutil.copy(_bundle(other), _bundle(run))
+    reason = failed(verify(run))["attestations-bundle"]
+    assert "none of the run's verified documents" in reason and "lacks" in reason
+
+
+@pytest.mark.parametrize("damage", ["drop", "repeat", "remove"])
+def test_a_jsonl_copy_missing_or_repeating_a_document_fails(make_run: MakeRun,
+                                                          damage: str) -> None:
+    run = make_run(("fetch", "build"))
+    lines = _bundle(run).read_text().splitlines()
+    if damage == "remove":
+        _bundle(run).unlink()
+        expected = "attestations.intoto.jsonl is missing"
+    elif damage == "drop":
+        _bundle(run).write_text("\n".join(lines[:-1]) + "\n")
+        expected = "lacks attestations/"
+    else:
+        _bundle(run).write_text("\n".join([*lines, lines[0]]) + "\n")
+        expected = "repeats line 1"
+    assert expected in failed(verify(run))["attestations-bundle"]
+
+
+def test_a_run_with_only_the_jsonl_copy_verifies_from_it(make_run: MakeRun) -> None:
+    run = make_run(("fetch", "build"))
+    shutil.rmtree(run.root / "attestations")
+    report = verify(run)
+    assert report.passed, failed(report)
+    assert {r.check: r.status for r in report.results}[Check.BUNDLE] is Status.PASS

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sbx.attest.statements import Kind
+from sbx.attest.verify.bundle import check_bundle
 from sbx.attest.verify.isolation import check_isolation
 from sbx.attest.verify.model import (
     Check,
@@ -249,6 +250,7 @@ def run_checks(opened: Sequence[Opened], rejected: Sequence[Rejected], observed:
         check_run_binding(run, opened),
         check_artifact_chain(run, opened),
         check_run_files(run, observed),
+        check_bundle(observed),
         check_release_artifacts(run, observed),
         check_steps_succeeded(run, policy),
         *check_isolation(run, policy),

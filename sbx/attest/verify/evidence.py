@@ -20,6 +20,7 @@ BUNDLE_FILE = "attestations.intoto.jsonl"
 EVENTS_FILE = "events.jsonl"
 DOCUMENT_SUFFIXES = (".dsse.json", ".sigstore.json")
 MAX_DOCUMENT = 16 << 20  # a Statement larger than this is not sbx's
+MAX_BUNDLE = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,19 @@ def documents(run_dir: Path) -> list[Document]:
                 if line.strip()]
     raise EvidenceInputError(f"{run_dir}: no {ATTESTATIONS_DIR}/ and no {BUNDLE_FILE}: "
                              "this is not an sbx run directory with evidence")
+
+
+def bundle_bytes(run_dir: Path) -> bytes | None:
+    """The JSON Lines copy of the evidence, None when it is missing (or not a file)."""
+    path = run_dir / BUNDLE_FILE
+    try:
+        if path.is_symlink() or not path.is_file():
+            return None
+        if path.stat().st_size > MAX_BUNDLE:
+            return b"\0 too large"
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def _read(path: Path) -> bytes:

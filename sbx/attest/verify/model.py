@@ -28,6 +28,7 @@ class Check(StrEnum):
     RUN_BINDING = "run-binding"
     ARTIFACT_CHAIN = "artifact-chain"
     RUN_FILES = "run-files"
+    BUNDLE = "attestations-bundle"
     RELEASE_ARTIFACTS = "release-artifacts"
     STEPS_SUCCEEDED = "steps-succeeded"
     INTERNAL_NETWORK = "isolation.internal-network"
@@ -115,6 +116,8 @@ class Observed:
     files: Mapping[str, str | None]  # run-dir name -> sha256, None when missing
     events: Mapping[str, tuple[str, int]]  # step -> (sha256, count) in events.jsonl
     artifacts: tuple[tuple[str, str], ...] = ()  # (path given, sha256)
+    # What is wrong with attestations.intoto.jsonl against the documents (`bundle`).
+    bundle_problems: tuple[str, ...] = ()
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from sbx.attest.statements import LINK_TYPE, PROVENANCE_TYPE, canonical
 from sbx.attest.verify import evidence
+from sbx.attest.verify.bundle import bundle_problems
 from sbx.attest.verify.checks import run_checks
 from sbx.attest.verify.model import CheckResult, Observed, Opened, Rejected, Status
 from sbx.attest.verify.policy import ReleasePolicy
@@ -107,7 +108,9 @@ def open_run(run_dir: Path, trust: Trust, artifacts: tuple[Path, ...] = (),
     observed = Observed(
         files={n: evidence.file_sha256(run_dir, n) for n in sorted(names)},
         events=evidence.event_digests(run_dir),
-        artifacts=tuple((str(p), evidence.artifact_sha256(p)) for p in artifacts))
+        artifacts=tuple((str(p), evidence.artifact_sha256(p)) for p in artifacts),
+        bundle_problems=tuple(bundle_problems(docs, evidence.bundle_bytes(run_dir),
+                                              frozenset(o.source for o in opened))))
     return opened, rejected, observed
 
 

@@ -30,6 +30,7 @@ from typing import Any
 from sbx import __version__
 from sbx.errors import InputError
 from sbx.pipelines.run.records import is_decision
+from sbx.shown import plain
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,9 @@ _EXAMPLE = "https://hooks.example.com/services/T000/B000/XXXX"
 # Slack reads <...> as links and mentions (<!channel>) and & as an entity; a step can
 # choose the text of a DNS name or a Host header, so these are escaped in `text`.
 _SLACK_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")  # keeps `text` on one line
+# Line breaks and other controls become a space (one line); what is left that a reader
+# would not see (bidi overrides, zero-width characters) is spelled out by `plain`.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _FIELD_MAX = 200  # one field of the text line; the full event is in the structured part
 
 
@@ -112,7 +115,7 @@ def destination(event: dict[str, Any]) -> str:
 
 
 def _field(value: Any) -> str:
-    text = _CONTROL.sub(" ", str(value)).strip()
+    text = plain(_CONTROL.sub(" ", str(value)).strip(), limit=10 * _FIELD_MAX)
     return text if len(text) <= _FIELD_MAX else text[: _FIELD_MAX - 1] + "…"
 
 

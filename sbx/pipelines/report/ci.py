@@ -306,7 +306,9 @@ def _rule_line(finding: Finding, spec_path: str) -> int:
         return 1
     file, _, line = finding.rule_source.rpartition(":")
     # A rule from another file would point at the wrong line of this one.
-    if not line.isdigit() or int(line) < 1 or Path(file).name != Path(spec_path).name:
+    # isascii: str.isdigit() accepts "²", which int() refuses.
+    if not (line.isascii() and line.isdigit()) or int(line) < 1 \
+            or Path(file).name != Path(spec_path).name:
         return 1
     return int(line)
 

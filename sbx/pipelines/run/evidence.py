@@ -21,7 +21,6 @@ from sbx.attest.signing.keyless import SigstoreSigner, find_token
 from sbx.attest.signing.local import PRIVATE_NAME, LocalSigner, keygen
 from sbx.attest.statements import run_payloads
 from sbx.attest.store import write_signed, write_unsigned
-from sbx.pipelines.run.records import is_decision, parse_time
 from sbx.sandbox.config import ProbeResult, SandboxFacts
 
 DEFAULT_KEY_DIR = Path(".sbx/keys")
@@ -101,21 +100,16 @@ def log_artifacts(run_dir: Path, step: str) -> tuple[Artifact, ...]:
                  for p in found if p.is_file() and not p.is_symlink())
 
 
-def destinations(events: list[dict[str, Any]], step: str, since: str | None) -> tuple[str, ...]:
-    """host:port of every connection the gateway let the step make after it started."""
-    start = parse_time(since) if since else None
-    found: set[str] = set()
-    for e in events:
-        if e.get("step") != step or e.get("kind") != "tcp" or not is_decision(e):
-            continue
-        if e.get("verdict") not in ("allowed", "audit"):
-            continue
-        if start is not None and parse_time(e["time"]) < start:
-            continue
-        host = e.get("name") or e.get("dst_ip")
-        if host:
-            found.add(f"{host}:{e.get('dst_port')}")
-    return tuple(sorted(found))
+def signed_recording(recording: Mapping[str, Any] | None) -> dict[str, int] | None:
+    """run.json's `recording` as the isolation Statement states it (counts only)."""
+    if not recording:
+        return None
+    keys = {"attempts": "attempts", "itemized": "itemized",
+            "decisions_not_itemized": "decisionsNotItemized",
+            "firewall_dropped": "firewallDropped", "firewall_unlogged": "firewallUnlogged",
+            "dns_socket_drops": "dnsSocketDrops", "refused": "refused"}
+    return {out: int(recording[key]) for key, out in keys.items()
+            if isinstance(recording.get(key), int)}
 
 
 def _probe(p: ProbeResult) -> Probe:
@@ -125,7 +119,8 @@ def _probe(p: ProbeResult) -> Probe:
 def isolation_of(facts: SandboxFacts, *, policy: Mapping[str, Any],
                  probes: tuple[ProbeResult, ...] | list[ProbeResult], flows: Mapping[str, int],
                  reached: tuple[str, ...], events: tuple[str, int],
-                 peer_probes: list[ProbeResult] | None = None) -> Isolation:
+                 peer_probes: list[ProbeResult] | None = None,
+                 recording: Mapping[str, int] | None = None) -> Isolation:
     """The sandbox facts as the isolation predicate states them."""
     return Isolation(
         network_id=facts.network_id, network_name=facts.network_name, subnet=facts.subnet,
@@ -138,7 +133,7 @@ def isolation_of(facts: SandboxFacts, *, policy: Mapping[str, Any],
         probes=tuple(_probe(p) for p in probes),
         peer_probes=tuple(_probe(p) for p in peer_probes or []),
         flows=dict(flows), destinations=reached, events_sha256=events[0],
-        events_count=events[1])
+        events_count=events[1], recording=recording)
 
 
 @dataclass(frozen=True)

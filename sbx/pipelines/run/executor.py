@@ -45,7 +45,7 @@ def step_record(step: PlannedStep, config: StepConfig) -> dict[str, Any]:
         "policy": {"mode": config.policy.mode, "digest": config.policy.digest(),
                    "allow": [r.text for r in config.policy.rules]},
         "docker": {}, "probes": [], "peer_probes": [], "inputs": [], "outputs": [],
-        "flows": {}, "faults": [], "timings": {},
+        "flows": {}, "recording": None, "faults": [], "timings": {},
     }
 
 
@@ -265,6 +265,7 @@ class Executor:
         self._set(st, status="running", step_started=utcnow(),
                   inputs=[_input_dict(a) for a in st.materials])
         st.step_started = parse_time(st.record["step_started"])
+        self.events.arm(st.name, st.step_started)
         self.view.arm(st.name)
         if self.alerter is not None:
             self.alerter.arm(st.name)
@@ -332,8 +333,10 @@ class Executor:
         rec["log"] = dict(sandbox.log_stats)
         rec["faults"] = [self.masker.text(f) for f in sandbox.faults]
         # A step that never ran its command has no traffic of its own, only its probes'.
-        rec["flows"] = (self.events.flow_counts(st.step_started, st.name)
+        rec["flows"] = (self.events.flow_counts(st.name)
                         if st.step_started else dict.fromkeys(FLOW_VERDICTS, 0))
+        rec["recording"] = sandbox.recorder_counts().summary(
+            sum(rec["flows"].values()), self.events.itemized(st.name))
         rec["ended"] = utcnow()
         if rec["status"] == "succeeded":
             denied = rec["flows"].get("denied", 0)
@@ -342,6 +345,9 @@ class Executor:
             elif denied and st.config.policy.mode == "enforce":
                 rec.update(status="failed",
                            reason=f"{denied} egress attempt(s) denied (enforce mode)")
+        if sandbox.recorder_fault is not None and rec["status"] != "interrupted":
+            # Whatever else went wrong after it, the run's record has a gap: say so first.
+            rec.update(status="failed", reason=self.masker.text(sandbox.recorder_fault))
         st.ok = rec["status"] == "succeeded" and not self.cancelled.is_set()
         with self._lock:
             self.save()

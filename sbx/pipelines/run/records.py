@@ -11,7 +11,7 @@ import json
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -60,47 +60,135 @@ class Masker:
         return value
 
 
+# Decision lines (and flow closes) itemized per step in events.jsonl; past this they are
+# counted, not written, so a flood cannot fill the disk or the memory.
+ITEMIZED_LIMIT = 20_000
+DESTINATIONS_LIMIT = 1_000
+
+
+@dataclass
+class _Tally:
+    """One step's counters: everything counted, what of it was itemized."""
+
+    since: datetime | None = None  # the step's command started (`EventLog.arm`)
+    flows: Counter[str] = field(default_factory=Counter)  # decisions since, counted
+    itemized: Counter[str] = field(default_factory=Counter)  # ... of them written
+    written: int = 0  # decision and flow lines written, whenever
+    unwritten: int = 0  # decision and flow lines not written (over the limit)
+    destinations: set[str] = field(default_factory=set)
+    more_destinations: int = 0
+
+
 @dataclass
 class EventLog:
-    """events.jsonl: every event, appended and flushed as it arrives."""
+    """events.jsonl: each event appended and flushed as it arrives, then shown.
+
+    Recording never depends on displaying: an event is written and hashed before any
+    listener sees it, and a listener that raises is disabled and recorded in
+    `faults`, never allowed to stop the caller (the thread following a gateway).
+    Memory is bounded: counters per step, not the events; past `ITEMIZED_LIMIT`
+    decision lines a step's decisions are counted but no longer itemized.
+    """
 
     path: Path
     masker: Masker
     listeners: list[EventListener] = field(default_factory=list)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    limit: int = ITEMIZED_LIMIT
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self._fh = self.path.open("a", encoding="utf-8")
-        # The first write that failed (a full disk): later lines stay in memory only,
+        # The first write that failed (a full disk): later lines are only counted,
         # and the run ends with exit 3 naming the run directory.
         self.error: OSError | None = None
         # Per step, a running sha256 of its lines exactly as written: the isolation
         # Statement signs it, and `sbx verify` recomputes it from events.jsonl.
         self._digests: dict[str, Any] = {}
         self._counts: Counter[str] = Counter()
+        self._tallies: dict[str, _Tally] = {}
+        self.faults: list[str] = []  # listeners that raised, and were disabled
+
+    def arm(self, step: str, since: datetime) -> None:
+        """The step's command starts now: its own decisions are those from `since` on."""
+        with self._lock:
+            self._tallies.setdefault(step, _Tally()).since = since
 
     def add(self, event: dict[str, Any]) -> None:
-        """Record one event (secrets masked) and tell the listeners."""
+        """Record one event (secrets masked), then tell the listeners."""
         # Mask the structure, not its JSON text: escaping would hide a secret from the
         # masker, and a masked digit run would break a number.
         masked = self.masker.tree(event)
-        line = json.dumps(masked, sort_keys=True, separators=(",", ":"))
         step = masked.get("step")
         with self._lock:
-            if self.error is None:
-                try:
-                    self._fh.write(line + "\n")
-                    self._fh.flush()
-                except OSError as exc:
-                    self.error = exc
-            self.events.append(masked)
             if isinstance(step, str):
-                self._digests.setdefault(step, hashlib.sha256()).update(
-                    (line + "\n").encode("utf-8"))
-                self._counts[step] += 1
-        for listener in self.listeners:
-            listener(masked)
+                lines = self._tally(step, masked)
+            else:
+                lines = [json.dumps(masked, sort_keys=True, separators=(",", ":"))]
+            for line in lines:
+                self._write(step, line)
+        for listener in list(self.listeners):
+            try:
+                listener(masked)
+            except Exception as exc:  # display must never cost a record
+                self._disable(listener, exc)
+
+    def _tally(self, step: str, event: dict[str, Any]) -> list[str]:
+        """Count the event; the lines to write for it (none past the limit)."""
+        tally = self._tallies.setdefault(step, _Tally())
+        decision = is_decision(event)
+        flow = decision or (event.get("phase") == "close" and "verdict" in event)
+        write = not flow or tally.written < self.limit
+        lines = []
+        if flow and write:
+            tally.written += 1
+        elif flow:
+            tally.unwritten += 1
+            if tally.unwritten == 1:  # said once, in the log itself and so in the digest
+                lines.append(json.dumps(
+                    {"kind": "sbx", "step": step, "phase": "itemizing-stopped",
+                     "time": event.get("time"), "source": "sbx",
+                     "reason": f"{self.limit} decision lines written for {step}; later "
+                               "decisions are counted in run.json and the isolation "
+                               "Statement, not itemized"},
+                    sort_keys=True, separators=(",", ":")))
+        if write:
+            lines.insert(0, json.dumps(event, sort_keys=True, separators=(",", ":")))
+        if decision and tally.since is not None and _at_or_after(event, tally.since):
+            verdict = str(event.get("verdict"))
+            tally.flows[verdict] += 1
+            if write:
+                tally.itemized[verdict] += 1
+            if event.get("kind") == "tcp" and verdict in ("allowed", "audit"):
+                host = event.get("name") or event.get("dst_ip")
+                if host:
+                    where = f"{host}:{event.get('dst_port')}"
+                    if where in tally.destinations:
+                        pass
+                    elif len(tally.destinations) < DESTINATIONS_LIMIT:
+                        tally.destinations.add(where)
+                    else:
+                        tally.more_destinations += 1
+        return lines
+
+    def _write(self, step: Any, line: str) -> None:
+        if self.error is None:
+            try:
+                self._fh.write(line + "\n")
+                self._fh.flush()
+            except OSError as exc:
+                self.error = exc
+        if isinstance(step, str):
+            self._digests.setdefault(step, hashlib.sha256()).update(
+                (line + "\n").encode("utf-8"))
+            self._counts[step] += 1
+
+    def _disable(self, listener: EventListener, exc: Exception) -> None:
+        name = getattr(listener, "__qualname__", None) or type(listener).__name__
+        with self._lock:
+            if listener in self.listeners:
+                self.listeners.remove(listener)
+                self.faults.append(f"listener {name} raised {type(exc).__name__}: "
+                                   f"{str(exc)[:200]}; it was disabled, recording went on")
 
     def close(self) -> None:
         with self._lock:
@@ -116,18 +204,45 @@ class EventLog:
             return (h.copy().hexdigest() if h else hashlib.sha256().hexdigest(),
                     self._counts[step])
 
-    def flow_counts(self, since: datetime | None, step: str | None = None) -> dict[str, int]:
-        """Decisions on a step's own traffic (after `since`) by verdict."""
-        counts: Counter[str] = Counter()
+    def flow_counts(self, step: str) -> dict[str, int]:
+        """The step's own decisions (since `arm`) by verdict, itemized or not."""
         with self._lock:
-            events = list(self.events)
-        for e in events:
-            if not is_decision(e) or (step is not None and e.get("step") != step):
-                continue
-            if since is not None and parse_time(e["time"]) < since:
-                continue
-            counts[str(e.get("verdict"))] += 1
-        return {k: counts.get(k, 0) for k in FLOW_VERDICTS}
+            tally = self._tallies.get(step) or _Tally()
+            return {k: tally.flows.get(k, 0) for k in FLOW_VERDICTS}
+
+    def itemized(self, step: str) -> int:
+        """How many of the step's own decisions have a line in events.jsonl."""
+        with self._lock:
+            tally = self._tallies.get(step) or _Tally()
+            return sum(tally.itemized.values())
+
+    def destinations(self, step: str) -> tuple[str, ...]:
+        """host:port of every connection the gateway let the step make (first 1000)."""
+        with self._lock:
+            tally = self._tallies.get(step) or _Tally()
+            return tuple(sorted(tally.destinations))
+
+
+def _at_or_after(event: dict[str, Any], since: datetime) -> bool:
+    try:
+        return parse_time(str(event["time"])) >= since
+    except (KeyError, ValueError):
+        return True  # an event without a readable time is counted, not hidden
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    """Every JSON object line of events.jsonl, in the order written; other lines skipped."""
+    try:
+        with path.open(encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict):
+                    yield event
+    except OSError:
+        return
 
 
 def is_decision(event: dict[str, Any]) -> bool:

@@ -43,7 +43,7 @@ from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run import evidence as ev
 from sbx.pipelines.run.executor import Executor, StepState, step_record, write_record
 from sbx.pipelines.run.pulls import resolve_step_images
-from sbx.pipelines.run.records import EventListener, EventLog, Masker
+from sbx.pipelines.run.records import EventListener, EventLog, Masker, read_events
 from sbx.pipelines.run.step_job import (
     JobOptions,
     fresh_pipeline_id,
@@ -361,11 +361,16 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         stats = alerter.close()  # bounded: a dead webhook costs at most its close budget
         record["alerts"] = {"sent": stats.sent, "failed": stats.failed,
                             "dropped": stats.dropped, "last_error": stats.last_error}
+    # A display that failed is on record; the events it missed are not (they are in
+    # events.jsonl all the same).
+    record["faults"] = [masker.text(f) for f in events.faults]
     save()
-    if options.junit is not None:
-        write_junit(record, events.events, options.junit)
-    if options.codequality is not None:
-        write_codequality(record, events.events, options.codequality, str(path))
+    if options.junit is not None or options.codequality is not None:
+        itemized = list(read_events(out / "events.jsonl"))  # bounded by ITEMIZED_LIMIT
+        if options.junit is not None:
+            write_junit(record, itemized, options.junit)
+        if options.codequality is not None:
+            write_codequality(record, itemized, options.codequality, str(path))
     view.summary(record)
     if save.error is not None and not errors:  # run.json's last update did not fit
         errors.append(run_dir_failure(out, save.error, "writing run.json"))
@@ -434,8 +439,9 @@ def _evidence(st: StepState, out: Path, events: EventLog) -> StepEvidence:
         isolation=ev.isolation_of(
             st.facts, policy=st.config.policy.to_dict(), probes=st.probes,
             peer_probes=list(st.peer_probes), flows=rec["flows"],
-            reached=ev.destinations(events.events, st.name, rec["step_started"]),
-            events=events.digest(st.name)) if st.facts is not None else None)
+            reached=events.destinations(st.name), events=events.digest(st.name),
+            recording=ev.signed_recording(rec.get("recording")))
+        if st.facts is not None else None)
 
 
 def _verdict(record: dict[str, Any]) -> int:

@@ -15,12 +15,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import struct
+import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from sbx.sandbox.runtime import pipe
+from sbx.sandbox.runtime import heartbeat, limits, pipe
+from sbx.sandbox.runtime.counters import COUNTERS, udp_drops
 from sbx.sandbox.runtime.events import emit, log
 from sbx.sandbox.runtime.firewall import drop_privileges, rules_v4, rules_v6, run, setup_ipv6
 from sbx.sandbox.runtime.nflog import NflogReader
@@ -108,13 +112,35 @@ class Agent:
                  source="agent", violation=True)
             pipe.reset(conn)
             return
+        # Timeouts on both sides: an idle client must not hold a slot (the gateway
+        # also drops it after DNS_IDLE_TIMEOUT and records that).
+        limits.idle_timeout(conn, limits.DNS_IDLE_TIMEOUT * 2)
+        limits.idle_timeout(upstream, limits.DNS_IDLE_TIMEOUT * 2)
         pipe.relay(conn, upstream)
 
     def serve_dns_udp(self, sock: socket.socket) -> None:
+        slots = limits.Slots(limits.DNS_UDP_WORKERS)
+        refusals = limits.Refusals(self.step, "agent", "dns_udp")
         while True:
-            query, client = sock.recvfrom(4096)
-            threading.Thread(target=self._dns_query, args=(sock, query, client),
-                             daemon=True).start()
+            try:
+                query, client = sock.recvfrom(4096)
+            except OSError:
+                continue
+            if not slots.take():
+                refusals.refuse(f"all {slots.size} DNS relay workers are busy")
+                continue
+            if not limits.start_thread(self._dns_worker, slots, sock, query, client):
+                slots.give()
+                refusals.refuse("cannot start a thread")
+
+    def _dns_worker(self, slots: limits.Slots, sock: socket.socket, query: bytes,
+                    client: Any) -> None:
+        try:
+            self._dns_query(sock, query, client)
+        except OSError:
+            pass  # the client went away before its answer
+        finally:
+            slots.give()
 
     def _dns_query(self, sock: socket.socket, query: bytes, client: Any) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as up:
@@ -133,7 +159,9 @@ class Agent:
             try:
                 packets = reader.read()
             except (OSError, ValueError) as exc:  # ENOBUFS under a flood: say so and go on
-                emit("agent", step=self.step, phase="log-overrun", reason=str(exc))
+                # What was lost is counted by the firewall's own counters (sbx reads them).
+                if COUNTERS.add("nflog_overruns") == 1:
+                    emit("agent", step=self.step, phase="log-overrun", reason=str(exc))
                 continue
             for p in packets:
                 kind = p.protocol if p.family == socket.AF_INET else "ipv6"
@@ -144,13 +172,32 @@ class Agent:
                               "relay; dropped (the destination is the relay's address)")
                 emit(kind, step=self.step, dst_ip=p.dst_ip, dst_port=p.dst_port,
                      protocol=p.protocol, verdict="denied", source="agent", violation=True,
-                     reason=reason, bytes_out=p.length)
+                     reason=reason, bytes_out=p.length, layer="firewall")
 
 
-def _accept_loop(server: socket.socket, handler: Any) -> None:
+def _accept_loop(server: socket.socket, handler: Callable[[socket.socket], None],
+                 slots: limits.Slots, refusals: limits.Refusals) -> None:
+    """Accept and hand each connection to a thread, within `slots`; past them, refuse
+    (reset, counted, recorded) instead of letting the task limit kill the loop."""
+    def run(conn: socket.socket) -> None:
+        try:
+            handler(conn)
+        finally:
+            slots.give()
+
     while True:
-        conn, _ = server.accept()
-        threading.Thread(target=handler, args=(conn,), daemon=True).start()
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            continue
+        if not slots.take():
+            refusals.refuse(f"all {slots.size} {refusals.what} slots are busy")
+            pipe.reset(conn)
+            continue
+        if not limits.start_thread(run, conn):
+            slots.give()
+            refusals.refuse("cannot start a thread")
+            pipe.reset(conn)
 
 
 def _listen(kind: int, port: int) -> socket.socket:
@@ -180,13 +227,30 @@ def main() -> None:
         emit("agent", step=step, phase="failed", reason=f"{type(exc).__name__}: {exc}")
         raise SystemExit(1) from None
     agent = Agent(cfg)
+    ports = (int(cfg["dns_udp_port"]),)
+    beating = threading.Event()
+
+    def drops() -> dict[str, int]:
+        return {"dns_socket_drops": udp_drops(ports)}
+
+    def stop(_signum: int, _frame: Any) -> None:
+        beating.set()
+        heartbeat.beat("agent", step, 0, drops, final=True)
+        sys.stdout.flush()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
     threading.Thread(target=agent.serve_nflog, args=(reader,), daemon=True).start()
     threading.Thread(target=agent.serve_dns_udp, args=(dns_udp,), daemon=True).start()
-    threading.Thread(target=_accept_loop, args=(dns_tcp, agent.relay_dns_tcp), daemon=True).start()
+    threading.Thread(target=_accept_loop, args=(
+        dns_tcp, agent.relay_dns_tcp, limits.Slots(limits.DNS_TCP_CONNECTIONS),
+        limits.Refusals(step, "agent", "dns_tcp")), daemon=True).start()
     emit("agent", step=step, phase="ready", uid=os.getuid(), caps=caps,
          rules=[line for line in rules.splitlines() if line.startswith("-")])
+    heartbeat.start("agent", step, drops, stop=beating)
     log(f"sbx agent for step {step}: interception installed, capabilities dropped")
-    _accept_loop(relay, agent.relay_tcp)
+    _accept_loop(relay, agent.relay_tcp, limits.Slots(limits.PROXY_FLOWS),
+                 limits.Refusals(step, "agent", "relay"))
 
 
 if __name__ == "__main__":

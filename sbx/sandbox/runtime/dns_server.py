@@ -6,9 +6,10 @@ import socket
 from typing import Any
 
 from dnslib import AAAA, QTYPE, RCODE, RR, A
-from dnslib.server import BaseResolver
+from dnslib.server import BaseResolver, DNSHandler, DNSServer, TCPServer, UDPServer
 
 from sbx.sandbox.policy import PolicyError, normalize_name
+from sbx.sandbox.runtime import limits
 from sbx.sandbox.runtime.events import emit
 from sbx.sandbox.runtime.gate import Gate, rule_fields
 
@@ -98,3 +99,41 @@ class QuietLogger:
 
     def __getattr__(self, _name: str) -> Any:
         return lambda *args, **kwargs: None
+
+
+class RecordingDNSHandler(DNSHandler):  # type: ignore[misc]
+    """dnslib's handler, with an idle timeout and an event for every way it can fail.
+
+    dnslib catches only its own DNSError: a message whose compression pointers
+    chain deeper than Python's recursion limit raises RecursionError, and a TCP
+    client that never sends its message holds the thread forever. Both now end
+    in a `dns` event, and a timed-out TCP connection frees its slot.
+    """
+
+    def setup(self) -> None:
+        if isinstance(self.request, socket.socket):
+            limits.idle_timeout(self.request, limits.DNS_IDLE_TIMEOUT)
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except TimeoutError:
+            self.protocol = "tcp"
+            self.server.logger.log_error(
+                self, f"no complete DNS message within {limits.DNS_IDLE_TIMEOUT:g} s")
+        except RecursionError:
+            self.server.logger.log_error(self, "compression pointers nested too deep")
+        except Exception as exc:  # whatever dnslib did not expect is still a decision
+            self.server.logger.log_error(self, f"{type(exc).__name__}: {exc}")
+
+
+def make_servers(resolver: Resolver, address: str, port: int) -> list[DNSServer]:
+    """The UDP and TCP servers on `port`, their threads bounded (see `limits`)."""
+    step = resolver.gate.step
+    quiet = QuietLogger(step)
+    udp = limits.bounded(UDPServer, limits.DNS_UDP_WORKERS, step, "gateway", "dns_udp")
+    tcp = limits.bounded(TCPServer, limits.DNS_TCP_CONNECTIONS, step, "gateway", "dns_tcp")
+    return [DNSServer(resolver, address=address, port=port, logger=quiet,
+                      handler=RecordingDNSHandler, server=udp),
+            DNSServer(resolver, address=address, port=port, tcp=True, logger=quiet,
+                      handler=RecordingDNSHandler, server=tcp)]

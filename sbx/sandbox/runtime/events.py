@@ -13,7 +13,9 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
-_lock = threading.Lock()
+# Re-entrant: the gateway's SIGTERM handler writes its last lines from the main thread,
+# which may have been stopped inside emit().
+_lock = threading.RLock()
 
 
 def now() -> str:

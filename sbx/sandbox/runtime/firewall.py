@@ -14,6 +14,8 @@ from typing import Any
 _PR_SET_NO_NEW_PRIVS, _PR_CAPBSET_DROP, _PR_CAP_AMBIENT = 38, 24, 47
 _PR_CAP_AMBIENT_CLEAR_ALL = 4
 NOBODY = 65534
+# A chain that only returns: the rules jumping to it count what the firewall drops.
+COUNT_CHAIN = "SBX_DROPPED"
 
 
 def rules_v4(cfg: dict[str, Any]) -> str:
@@ -40,6 +42,8 @@ def rules_v4(cfg: dict[str, Any]) -> str:
         ":INPUT DROP [0:0]",
         ":FORWARD DROP [0:0]",
         ":OUTPUT DROP [0:0]",
+        f":{COUNT_CHAIN} - [0:0]",
+        f"-A {COUNT_CHAIN} -j RETURN",
         "-A INPUT -i lo -j ACCEPT",
         "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         "-A OUTPUT -o lo -j ACCEPT",
@@ -48,6 +52,9 @@ def rules_v4(cfg: dict[str, Any]) -> str:
         f"-A OUTPUT -d {gw}/32 -p tcp --dport {cfg['proxy_port']} -j ACCEPT",
         f"-A OUTPUT -d {gw}/32 -p tcp --dport 53 -j ACCEPT",
         f"-A OUTPUT -d {gw}/32 -p udp --dport 53 -j ACCEPT",
+        # Counts every packet about to be dropped, unlike the rate-limited log rule:
+        # sbx reads this counter at the step's end (`iptables-save -c`).
+        f"-A OUTPUT -j {COUNT_CHAIN}",
         f"-A OUTPUT {log_rule}",
         "COMMIT",
         # A socket bound to eth0 (SO_BINDTODEVICE, no privilege needed) keeps its device
@@ -55,6 +62,9 @@ def rules_v4(cfg: dict[str, Any]) -> str:
         # on eth0 and be dropped beyond the namespace with no record (measured). Only
         # here, after rerouting, is that visible: log it and drop it.
         "*mangle",
+        f":{COUNT_CHAIN} - [0:0]",
+        f"-A {COUNT_CHAIN} -j RETURN",
+        f"-A POSTROUTING ! -o lo -d 127.0.0.0/8 -j {COUNT_CHAIN}",
         f"-A POSTROUTING ! -o lo -d 127.0.0.0/8 -j NFLOG --nflog-group {group} "
         "--nflog-prefix bound -m limit --limit 200/second --limit-burst 400",
         "-A POSTROUTING ! -o lo -d 127.0.0.0/8 -j DROP",
@@ -71,10 +81,13 @@ def rules_v6(cfg: dict[str, Any]) -> str:
         ":INPUT DROP [0:0]",
         ":FORWARD DROP [0:0]",
         ":OUTPUT DROP [0:0]",
+        f":{COUNT_CHAIN} - [0:0]",
+        f"-A {COUNT_CHAIN} -j RETURN",
         "-A INPUT -i lo -s ::1/128 -d ::1/128 -j ACCEPT",
         "-A OUTPUT -o lo -s ::1/128 -d ::1/128 -j ACCEPT",
         # The kernel's own multicast listener reports; nothing routes beyond loopback anyway.
         "-A OUTPUT -d ff02::/16 -p ipv6-icmp -j DROP",
+        f"-A OUTPUT -j {COUNT_CHAIN}",
         f"-A OUTPUT -j NFLOG --nflog-group {group} --nflog-prefix out6 "
         "-m limit --limit 200/second --limit-burst 400",
         "COMMIT",

@@ -17,10 +17,10 @@ import sys
 import threading
 from typing import Any
 
-from dnslib.server import DNSServer
-
 from sbx.sandbox.policy import Policy
-from sbx.sandbox.runtime.dns_server import QuietLogger, Resolver
+from sbx.sandbox.runtime import heartbeat, limits
+from sbx.sandbox.runtime.counters import udp_drops
+from sbx.sandbox.runtime.dns_server import Resolver, make_servers
 from sbx.sandbox.runtime.events import emit, log
 from sbx.sandbox.runtime.gate import Decision, Gate, Network
 from sbx.sandbox.runtime.proxy import Proxy, ProxyHandler, emit_close
@@ -52,22 +52,29 @@ def main() -> None:
     gate = Gate(step=config["step"], policy=policy, refused=refused,
                 relay_token=str(config.get("relay_token", "")))
     listen = config["listen_ip"]
-    proxy = Proxy((listen, int(config.get("proxy_port", 3128))), ProxyHandler)
+    step = gate.step
+    proxy_class = limits.bounded(Proxy, limits.PROXY_FLOWS, step, "gateway", "proxy")
+    proxy = proxy_class((listen, int(config.get("proxy_port", 3128))), ProxyHandler)
     proxy.gate = gate
     proxy.flows = {}
     proxy.flows_lock = threading.Lock()
     resolver = Resolver(gate)
     dns_port = int(config.get("dns_port", 53))
-    quiet = QuietLogger(gate.step)
-    servers = [DNSServer(resolver, address=listen, port=dns_port, logger=quiet),
-               DNSServer(resolver, address=listen, port=dns_port, tcp=True, logger=quiet)]
+    servers = make_servers(resolver, listen, dns_port)
+
+    beating = threading.Event()
+
+    def drops() -> dict[str, int]:
+        return {"dns_socket_drops": udp_drops((dns_port,))}
 
     def stop(_signum: int, _frame: Any) -> None:
+        beating.set()
         with proxy.flows_lock:
             for flow in list(proxy.flows.values()):
                 emit_close(flow)
             proxy.flows.clear()
-        emit("gateway", step=gate.step, phase="stopped")
+        heartbeat.beat("gateway", step, 0, drops, final=True)
+        emit("gateway", step=step, phase="stopped")
         sys.stdout.flush()
         os._exit(0)
 
@@ -75,9 +82,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, stop)
     for server in servers:
         server.start_thread()
-    emit("gateway", step=gate.step, phase="ready", listen_ip=listen,
+    emit("gateway", step=step, phase="ready", listen_ip=listen,
          refused=[str(n) for n in refused], policy_digest=policy.digest())
-    log(f"sbx gateway for step {gate.step} listening on {listen}")
+    heartbeat.start("gateway", step, drops, stop=beating)
+    log(f"sbx gateway for step {step} listening on {listen}")
     proxy.serve_forever()
 
 

@@ -18,6 +18,7 @@ from sbx.sandbox.runtime.gate import Gate, rule_fields
 class _Flow:
     fields: dict[str, Any]
     counts: list[int]
+    opened: bool = False
 
 
 class Proxy(socketserver.ThreadingTCPServer):
@@ -73,6 +74,7 @@ class ProxyHandler(socketserver.BaseRequestHandler):
             request_line, *header_lines = head.decode("latin-1").split("\r\n")
             method, target, version = request_line.split(" ", 2)
         except (ValueError, OSError, UnicodeDecodeError) as exc:
+            emit_refusal(gate.step, f"bad request: {exc}")
             self._answer("400 Bad Request", f"sbx gateway: {exc}")
             return
         headers = [h for h in header_lines if h]
@@ -96,6 +98,8 @@ class ProxyHandler(socketserver.BaseRequestHandler):
                 forward = ("\r\n".join([f"{method} /{path} {version}", *kept])
                            + "\r\n\r\n").encode("latin-1") + rest
             else:
+                emit_refusal(gate.step, "bad request: not CONNECT nor an absolute http:// URL",
+                             method=method)
                 self._answer("400 Bad Request",
                              "sbx gateway: use CONNECT or an absolute http:// URL")
                 return
@@ -119,6 +123,11 @@ class ProxyHandler(socketserver.BaseRequestHandler):
             emit("tcp", **fields)
             self._answer("403 Forbidden", f"sbx gateway: {decision.reason}")
             return
+        # Registered before connecting: a gateway stopped mid-connect still records
+        # the decision (see `emit_close`).
+        flow = _Flow(fields, [0, 0])
+        with self.server.flows_lock:
+            self.server.flows[id(flow)] = flow
         upstream = None
         for ip in decision.addresses:
             try:
@@ -128,16 +137,21 @@ class ProxyHandler(socketserver.BaseRequestHandler):
             except OSError:
                 continue
         if upstream is None:
+            with self.server.flows_lock:
+                if self.server.flows.pop(id(flow), None) is None:
+                    return  # the gateway is stopping and recorded it
             fields.update(verdict="failed", reason=f"no answer from {host}:{port}", violation=None)
             emit("tcp", **fields)
             self._answer("502 Bad Gateway", f"sbx gateway: no answer from {host}:{port}")
             return
         upstream.settimeout(None)
         sock.settimeout(None)
-        emit("tcp", phase="open", **fields)
-        flow = _Flow(fields, [0, 0])
         with self.server.flows_lock:
-            self.server.flows[id(flow)] = flow
+            if id(flow) not in self.server.flows:
+                upstream.close()
+                return  # the gateway is stopping and recorded it
+            emit("tcp", phase="open", **fields)
+            flow.opened = True
         try:
             if method.upper() == "CONNECT":
                 sock.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -154,7 +168,18 @@ class ProxyHandler(socketserver.BaseRequestHandler):
 
 
 def emit_close(flow: _Flow) -> None:
+    """The end of a flow; one still connecting upstream gets its decision recorded."""
+    if not flow.opened:
+        emit("tcp", **{**flow.fields, "reason": f"{flow.fields.get('reason')}; the gateway "
+                       "stopped while it was connecting upstream"})
+        return
     emit("tcp", phase="close", bytes_out=flow.counts[0], bytes_in=flow.counts[1], **flow.fields)
+
+
+def emit_refusal(step: str, reason: str, method: str | None = None) -> None:
+    """A request the proxy could not even read is a denial on record, like any other."""
+    emit("tcp", step=step, verdict="denied", reason=reason[:200], via="proxy",
+         method=method.upper()[:16] if method else None, violation=True)
 
 
 def _is_ip(host: str) -> bool:

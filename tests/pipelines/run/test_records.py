@@ -81,7 +81,7 @@ def test_event_log_writes_masked_json_lines_as_they_arrive(log: EventLog) -> Non
     assert written["name"] == "***.example.com"
     assert written["reason"] == "password=***"
     assert "hunter2" not in log.path.read_text()
-    assert seen == [written] and log.events == [written]
+    assert seen == [written]
 
 
 def test_event_log_appends_to_an_existing_file(tmp_path: Path) -> None:
@@ -93,36 +93,76 @@ def test_event_log_appends_to_an_existing_file(tmp_path: Path) -> None:
     assert [e["kind"] for e in lines(path)] == ["earlier", "later"]
 
 
-def test_flow_counts_counts_decisions_after_since(log: EventLog) -> None:
+def test_flow_counts_counts_the_steps_decisions_from_arm_on(log: EventLog) -> None:
+    log.add({"kind": "dns", "step": "s", "time": stamp(-9), "verdict": "denied"})  # a probe's
+    log.arm("s", T0)
     for event in [
-        {"kind": "dns", "time": stamp(-5), "verdict": "denied"},  # during probes
+        {"kind": "dns", "time": stamp(-5), "verdict": "denied"},  # a probe's, arriving late
         {"kind": "probe", "time": stamp(1), "verdict": "denied"},
-        {"kind": "tcp", "time": stamp(1), "verdict": "allowed", "phase": "open"},
+        {"kind": "tcp", "time": stamp(1), "verdict": "allowed", "phase": "open",
+         "name": "a.test", "dst_port": 443},
         {"kind": "tcp", "time": stamp(2), "verdict": "allowed", "phase": "close"},
         {"kind": "dns", "time": stamp(2), "verdict": "allowed"},
         {"kind": "dns", "time": stamp(3), "verdict": "denied"},
         {"kind": "udp", "time": stamp(3), "verdict": "denied"},
         {"kind": "icmp", "time": stamp(3), "verdict": "denied"},
         {"kind": "ipv6", "time": stamp(3), "verdict": "denied"},
-        {"kind": "tcp", "time": stamp(4), "verdict": "audit"},
+        {"kind": "tcp", "time": stamp(4), "verdict": "audit", "dst_ip": "198.18.0.9",
+         "dst_port": 22},
         {"kind": "tcp", "time": stamp(4), "verdict": "failed"},
         {"kind": "gateway", "time": stamp(4), "phase": "ready"},
         {"kind": "agent", "time": stamp(4), "verdict": "denied"},
     ]:
-        log.add(event)
-    assert log.flow_counts(T0) == {"allowed": 2, "audit": 1, "denied": 4, "failed": 1}
-    assert log.flow_counts(None)["denied"] == 5
-    assert log.flow_counts(T0 + timedelta(seconds=10)) == {
-        "allowed": 0,
-        "audit": 0,
-        "denied": 0,
-        "failed": 0,
-    }
+        log.add({**event, "step": "s"})
+    log.add({"kind": "dns", "step": "other", "time": stamp(3), "verdict": "denied"})
+    assert log.flow_counts("s") == {"allowed": 2, "audit": 1, "denied": 4, "failed": 1}
+    assert log.itemized("s") == 8
+    assert log.destinations("s") == ("198.18.0.9:22", "a.test:443")
+    assert log.flow_counts("other") == {"allowed": 0, "audit": 0, "denied": 0, "failed": 0}
 
 
 def test_an_event_exactly_at_since_counts(log: EventLog) -> None:
-    log.add({"kind": "tcp", "time": stamp(0), "verdict": "denied"})
-    assert log.flow_counts(T0)["denied"] == 1
+    log.arm("s", T0)
+    log.add({"kind": "tcp", "step": "s", "time": stamp(0), "verdict": "denied"})
+    assert log.flow_counts("s")["denied"] == 1
+
+
+def test_a_raising_listener_is_disabled_and_recorded_and_recording_goes_on(
+        log: EventLog) -> None:
+    """The live view once raised MarkupError on a name from a step; that must cost the
+    display, never the record: the event and every later one are written."""
+    def boom(_event: dict[str, Any]) -> None:
+        raise ValueError("closing tag '[/x]' doesn't match any open tag")
+
+    seen: list[dict[str, Any]] = []
+    log.listeners[:] = [boom, seen.append]
+    for i in range(3):
+        log.add({"kind": "dns", "step": "s", "time": stamp(i), "name": f"x[/x]y{i}",
+                 "verdict": "denied"})
+    assert [e["name"] for e in lines(log.path)] == ["x[/x]y0", "x[/x]y1", "x[/x]y2"]
+    assert len(seen) == 3 and log.listeners == [seen.append]
+    [fault] = log.faults
+    assert "boom" in fault and "ValueError" in fault and "disabled" in fault
+    assert log.digest("s")[1] == 3
+
+
+def test_past_the_limit_decisions_are_counted_not_itemized(tmp_path: Path) -> None:
+    """A flood: memory and events.jsonl stay bounded, the counts stay exact, and the log
+    says where itemizing stopped; the digest is that of the lines written."""
+    log = EventLog(tmp_path / "events.jsonl", Masker([]), limit=10)
+    log.arm("s", T0)
+    for i in range(1000):
+        log.add({"kind": "dns", "step": "s", "time": stamp(1), "name": f"n{i}.test",
+                 "verdict": "denied"})
+    log.add({"kind": "agent", "step": "s", "time": stamp(2), "phase": "stopped"})
+    log.close()
+    written = lines(log.path)
+    assert log.flow_counts("s")["denied"] == 1000 and log.itemized("s") == 10
+    assert [e.get("phase") for e in written[10:]] == ["itemizing-stopped", "stopped"]
+    assert len(written) == 12
+    import hashlib
+    assert log.digest("s") == (hashlib.sha256(log.path.read_bytes()).hexdigest(), 12)
+    assert not hasattr(log, "events")
 
 
 def test_is_decision() -> None:

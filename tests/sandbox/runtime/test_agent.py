@@ -131,7 +131,20 @@ def test_interception_chain_is_inserted_first_in_nat_output() -> None:
 
 def test_filter_policies_drop_everything_not_accepted() -> None:
     policies, _ = tables(rules_v4(CFG))["filter"]
-    assert policies == {"INPUT": "DROP", "FORWARD": "DROP", "OUTPUT": "DROP"}
+    assert policies == {"INPUT": "DROP", "FORWARD": "DROP", "OUTPUT": "DROP",
+                        "SBX_DROPPED": "-"}
+
+
+@pytest.mark.parametrize("rules", [rules_v4(CFG), rules_v6(CFG)])
+def test_every_packet_the_log_rule_sees_is_counted_first(rules: str) -> None:
+    """The NFLOG rules are rate-limited; the jump to the counting chain just before
+    each of them is not, so its counter holds every packet dropped (a flood too)."""
+    lines = rules.splitlines()
+    logs = [i for i, line in enumerate(lines) if "-j NFLOG" in line]
+    assert logs
+    for i in logs:
+        assert lines[i - 1].endswith("-j SBX_DROPPED") and "limit" not in lines[i - 1]
+    assert "-A SBX_DROPPED -j RETURN" in lines
 
 
 def test_nflog_rule_logs_to_the_configured_group_last() -> None:
@@ -200,7 +213,8 @@ def test_ipv6_allows_only_loopback_and_logs_the_rest() -> None:
     parsed = tables(rules_v6(CFG))
     assert set(parsed) == {"filter"}
     policies, rules = parsed["filter"]
-    assert policies == {"INPUT": "DROP", "FORWARD": "DROP", "OUTPUT": "DROP"}
+    assert policies == {"INPUT": "DROP", "FORWARD": "DROP", "OUTPUT": "DROP",
+                        "SBX_DROPPED": "-"}
     accepts = [r for r in rules if r.endswith("-j ACCEPT")]
     assert accepts, "loopback must keep working"
     for rule in accepts:

@@ -217,6 +217,20 @@ def _probe_table(probes: list[Any], empty: str) -> str:
     return _table(["probe", "kind", "target", "result", "detail"], rows, empty, classes)
 
 
+def _recorded(rec: dict[str, Any]) -> str:
+    """"N attempts, M itemized", and what each layer counted without itemizing."""
+    if not rec:
+        return ""
+    parts = [f"{rec.get('attempts')} attempts, {rec.get('itemized')} itemized"]
+    for key, label in (("firewall_unlogged", "dropped by the firewall beyond its log"),
+                       ("dns_socket_drops", "DNS queries lost in socket buffers"),
+                       ("refused", "connections refused for want of a slot"),
+                       ("decisions_not_itemized", "decisions past the itemized limit")):
+        if rec.get(key):
+            parts.append(f"{rec[key]} {label}")
+    return " · ".join(parts)
+
+
 def _step_section(step: _Step, run: _Run) -> str:
     d = step.data
     image = _d(d.get("image"))
@@ -249,6 +263,7 @@ def _step_section(step: _Step, run: _Run) -> str:
         ("containers", ", ".join(f"{_e(k)} {_code(_clip(_s(v), 12))}"
                                  for k, v in containers.items())),
         ("flows", _e(" · ".join(f"{k} {v}" for k, v in flows.items()))),
+        ("recorded", _e(_recorded(_d(d.get("recording"))))),
         ("faults", "<br>".join(_e(f) for f in faults)),
     ]
     inputs = [[_code(_d(i).get("path")), _e(_d(i).get("from")), _code(_d(i).get("sha256"))]

@@ -119,7 +119,7 @@ def destinations(events: list[dict[str, Any]], step: str, since: str | None) -> 
 
 
 def _probe(p: ProbeResult) -> Probe:
-    return Probe(p.name, p.kind, p.target, p.blocked, p.detail)
+    return Probe(p.name, p.kind, p.target, p.blocked, p.detail, p.reached_if)
 
 
 def isolation_of(facts: SandboxFacts, *, policy: Mapping[str, Any],

@@ -292,6 +292,8 @@ def _made_here(labels: dict[str, str]) -> bool:
     """Whether this test process (or an sbx it started) made the object. The engine is
     shared: another session's live run is not this test's leftover."""
     owner = labels.get(L.OWNER, "")
+    if not owner:
+        return False  # not made by sbx (a test's own helper objects are labelled otherwise)
     if owner == L.owner() or not L.owner_alive(owner):
         return True  # ours, or left by a process that is gone (a killed sbx of this test)
     try:

@@ -222,5 +222,13 @@ def matches(event: dict[str, Any], want: dict[str, Any]) -> bool:
 
 def recorded(events: list[dict[str, Any]], result: dict[str, Any],
              wants: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The attempt's events (in its window) that match any of `wants`."""
+    """The attempt's events (in its window) that match any of `wants`.
+
+    A TCP attempt through the relay or the proxy is matched on its own connection: the
+    gateway records the source port the attack reported, so a neighbour's event with the
+    same destination cannot stand in for it.
+    """
+    if result.get("src_port") is not None:
+        wants = [dict(w, src_port=result["src_port"]) if w.get("via") in ("relay", "proxy")
+                 else w for w in wants]
     return [e for e in in_window(events, result) if any(matches(e, w) for w in wants)]

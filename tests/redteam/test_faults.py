@@ -22,6 +22,7 @@ from sbx.attest.signing.local import KeyPair
 from sbx.errors import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK
 from sbx.pipelines.cli import main
 from sbx.pipelines.run import evidence as ev
+from sbx.sandbox.archive import pack_files
 from sbx.sandbox.sandbox import LOG_LIMIT
 from tests.conftest import Internet, only_step
 from tests.redteam.faults_support import (
@@ -109,6 +110,14 @@ def test_every_fault_is_injected_by_a_case_of_a_test(fault: str) -> None:
         == set(params), name
 
 
+def _has_file(client: docker.DockerClient, cid: str, path: str) -> bool:
+    try:
+        client.api.get_archive(cid, path)[0].close()
+    except docker.errors.NotFound:
+        return False
+    return True
+
+
 # -- the runtime containers --------------------------------------------------------------
 @pytest.mark.parametrize("role", ["gateway", "agent"])
 def test_killed_runtime_container_leaves_no_egress_and_the_run_says_so(
@@ -118,7 +127,7 @@ def test_killed_runtime_container_leaves_no_egress_and_the_run_says_so(
 mkdir -p out
 curl -fsS http://web.sbx.test:8080/before > out/before.json
 touch /tmp/first-done
-sleep 4
+while [ ! -e /tmp/killed ]; do sleep 0.1; done
 curl -sS --max-time 5 http://web.sbx.test:8080/after > out/after.json 2> out/after.err \
   || echo failed > out/after.status
 """
@@ -126,12 +135,17 @@ curl -sS --max-time 5 http://web.sbx.test:8080/after > out/after.json 2> out/aft
     killed: list[float] = []
 
     def kill() -> None:
+        # On the step's own markers, not on time: after its first request, and the step
+        # makes its second only once the test says the kill is done.
         step = wait_for(lambda: sbx_containers(docker_client, "step", name))[0]
-        time.sleep(2)
+        wait_for(lambda: _has_file(docker_client, step["Id"], "/tmp/first-done"),
+                 what="the first request")
         victim = sbx_containers(docker_client, role, name)[0]
         assert victim["Labels"]["sbx.run"] == step["Labels"]["sbx.run"]
         docker_client.api.kill(victim["Id"])
+        wait_for(lambda: not sbx_containers(docker_client, role, name), what="the kill")
         killed.append(time.time())
+        docker_client.api.put_archive(step["Id"], "/tmp", pack_files({"killed": b""}))
 
     killer = threading.Thread(target=kill)
     killer.start()

@@ -25,9 +25,9 @@ from tests.redteam import netattacks as na
 from tests.redteam.harness import (
     Run,
     Sink,
+    assign,
     attack_step,
     cached,
-    recorded,
     run_spec,
     start_sink,
 )
@@ -46,6 +46,15 @@ class Batch:
     other_hits: list[dict[str, Any]]
     web_hits: list[dict[str, Any]]
     step: str
+
+    def _assigned(self, events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """Every attempt's own event, each event claimed once (computed once per batch)."""
+        cache: dict[str, list[dict[str, Any]]] | None = getattr(self, "_assignment", None)
+        if cache is None:
+            cache = assign(events, [(n, self.results[n], list(a.wants))
+                                    for n, a in self.attacks.items() if n in self.results])
+            self._assignment = cache
+        return cache
 
     def judge(self, name: str) -> list[str]:
         """Everything wrong with attack `name`: [] when it was handled and recorded."""
@@ -69,7 +78,7 @@ class Batch:
             if not result["reached"] or WEB_PATH_MARK not in body:
                 problems.append(f"{name}: did not reach the allowed host: {result['detail']}")
         events = self.run.events_of(self.step)
-        if not recorded(events, result, list(net.wants)):
+        if not self._assigned(events).get(name):
             nearby = [e for e in events if e.get("kind") not in ("probe",)]
             problems.append(f"{name}: NOT RECORDED: no event matching {net.wants} in its window "
                             f"[{result['t0']:.3f}, {result['t1']:.3f}]; window events: "

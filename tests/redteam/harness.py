@@ -31,7 +31,10 @@ HERE = Path(__file__).parent
 ATTACK_SCRIPT = HERE / "steps" / "attack.py"
 SINK_SCRIPT = HERE / "servers" / "sink.py"
 TEST_LABEL = "sbx.test"
-SLACK = 0.25  # seconds an event may trail its attempt (NFLOG is read asynchronously)
+# Seconds an event may trail its attempt (NFLOG is read asynchronously; a loaded machine
+# delays it). Wide, because an event is matched on its content and claimed by one attempt
+# only (`assign`): a neighbour's event cannot stand in for a missing one.
+SLACK = 3.0
 
 
 CONTROL_PORT = 7  # the sink listens on no such port: only its sniffer sees the control
@@ -218,6 +221,20 @@ def matches(event: dict[str, Any], want: dict[str, Any]) -> bool:
         elif event.get(key) != value:
             return False
     return True
+
+
+def assign(events: list[dict[str, Any]], attempts: list[tuple[str, dict[str, Any],
+                                                               list[dict[str, Any]]]],
+           ) -> dict[str, list[dict[str, Any]]]:
+    """Each attempt's own events: (name, result, wants) in the order they ran; an event
+    goes to the first attempt that it matches and that has none yet."""
+    taken: set[int] = set()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, result, wants in sorted(attempts, key=lambda a: a[1]["t0"]):
+        mine = [e for e in recorded(events, result, wants) if id(e) not in taken]
+        out[name] = mine[:1]
+        taken.update(id(e) for e in mine[:1])
+    return out
 
 
 def recorded(events: list[dict[str, Any]], result: dict[str, Any],

@@ -62,6 +62,7 @@ class Probe:
     target: str
     blocked: bool
     detail: str = ""
+    reached_if: str = ""  # what would have counted as reached: what the probe tested
 
 
 @dataclass(frozen=True)

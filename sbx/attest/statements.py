@@ -96,7 +96,7 @@ def link_payload(step: StepEvidence, run: RunEvidence) -> Payload:
 
 def _probe(p: Probe) -> dict[str, Any]:
     return {"name": p.name, "kind": p.kind, "target": p.target, "blocked": p.blocked,
-            "detail": p.detail}
+            "detail": p.detail, "reachedIf": p.reached_if}
 
 
 def isolation_predicate(iso: Isolation) -> dict[str, Any]:

@@ -110,6 +110,7 @@ class ProbeWire(_Wire):
     target: str
     blocked: bool
     detail: str
+    reachedIf: str = ""
 
 
 class EventsRef(_Wire):

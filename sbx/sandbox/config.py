@@ -56,13 +56,14 @@ class SandboxOptions:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One fail-closed probe: what it tried and whether it was blocked."""
+    """One fail-closed probe: what it tried, whether it was blocked, what counted as reached."""
 
     name: str
     kind: str
     target: str
     blocked: bool
     detail: str
+    reached_if: str = ""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ runtime (`startup`), the fail-closed probes (`probing`), the step itself and cle
 
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from sbx.errors import EnvironmentFailure, SbxError
 from sbx.sandbox import labels as L
 from sbx.sandbox.config import SandboxOptions, StepConfig
 from sbx.sandbox.network import StepNetwork
+from sbx.sandbox.probe_verdicts import GatewayRecord
 
 EventSink = Callable[[dict[str, Any]], None]
 
@@ -74,6 +76,11 @@ class SandboxObjects:
         # Seconds per phase of this sandbox's life, for run.json and `make bench`.
         self.timings: dict[str, float] = {}
         self._last_event = {"gateway": 0.0, "agent": 0.0}  # monotonic time of the last line
+        # Names only Docker's embedded DNS answers (the agent's aliases on the step network):
+        # the probes' DNS canaries. Short, random labels: container names can pass 63 bytes.
+        self.dns_canaries = {proto: f"sbx-canary-{secrets.token_hex(6)}"
+                             for proto in ("udp", "tcp")}
+        self._probe_record: GatewayRecord | None = None  # the gateway's events while probing
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:

@@ -17,6 +17,7 @@ from sbx.sandbox.objects import (
     SandboxObjects,
     utcnow,
 )
+from sbx.sandbox.probe_verdicts import GatewayRecord, judge
 
 
 class Probing(SandboxObjects):
@@ -34,7 +35,24 @@ class Probing(SandboxObjects):
                "host_ips": [net.bridge_ip],
                "peer_ips": list(peer_ips), "peer_proxy_port": PROXY_PORT,
                "ipv6_ips": _global_v6(self.options.host_ips)[:1] or ["fd00:5b::1"],
-               "proxy": f"{net.gateway_ip}:{PROXY_PORT}"}
+               "proxy": f"{net.gateway_ip}:{PROXY_PORT}", "dns_canaries": self.dns_canaries}
+        record = self._probe_record = GatewayRecord()
+        try:
+            raw = self._run_probes(cfg)
+            # Some verdicts are the gateway's: wait for its record of each probe.
+            record.wait_for(raw)
+        finally:
+            self._probe_record = None
+        results = judge(raw, record.events())
+        for r in results:
+            self.on_event({"time": utcnow(), "kind": "probe", "step": self.step.name,
+                           "source": "sbx", "probe": r.name, "protocol": r.kind,
+                           "dst": r.target, "verdict": "blocked" if r.blocked else "reached",
+                           "reason": r.detail, "violation": (not r.blocked) or None})
+        return results
+
+    def _run_probes(self, cfg: dict[str, Any]) -> list[dict[str, Any]]:
+        """Run the probe container in the agent's namespace; its raw JSON results."""
         cid = self._create(
             "probe", image=self.options.runtime_image, user=NOBODY,
             command=["python3", "-m", "sbx.sandbox.runtime.probe"],
@@ -48,17 +66,11 @@ class Probing(SandboxObjects):
         self._remove("probe")
         try:
             raw = json.loads(out.strip().splitlines()[-1])["probes"]
+            if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
+                raise TypeError
         except (ValueError, IndexError, KeyError, TypeError):
             raise SandboxFailure(f"the probes did not report (exit {code})") from None
-        results = tuple(ProbeResult(name=str(p["name"]), kind=str(p["kind"]),
-                                    target=str(p["target"]), blocked=bool(p["blocked"]),
-                                    detail=str(p["detail"])) for p in raw)
-        for r in results:
-            self.on_event({"time": utcnow(), "kind": "probe", "step": self.step.name,
-                           "source": "sbx", "probe": r.name, "protocol": r.kind,
-                           "dst": r.target, "verdict": "blocked" if r.blocked else "reached",
-                           "reason": r.detail, "violation": (not r.blocked) or None})
-        return results
+        return raw
 
     def _egress_side_ips(self) -> list[str]:
         """The host bridge of the egress network and the gateway's own egress address."""

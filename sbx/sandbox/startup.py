@@ -72,7 +72,9 @@ class RuntimeStart(Recorder):
                 command=["python3", "-m", "sbx.sandbox.runtime.agent"],
                 environment={"SBX_CONFIG": json.dumps(agent_cfg)},
                 networking_config=self.api.create_networking_config(
-                    {net.name: self.api.create_endpoint_config(ipv4_address=net.agent_ip)}),
+                    {net.name: self.api.create_endpoint_config(
+                        ipv4_address=net.agent_ip,
+                        aliases=sorted(self.dns_canaries.values()))}),
                 host_config=self._runtime_host_config(
                     network_mode=net.name, cap_add=["NET_ADMIN", "SETPCAP", "SETUID", "SETGID"],
                     sysctls={"net.ipv6.conf.all.disable_ipv6": "0"}))
@@ -168,6 +170,9 @@ class RuntimeStart(Recorder):
             if not event.get("final"):
                 return  # liveness, not a record: only the last beat's counters are kept
         self._itemized_by_firewall(event)
+        record = self._probe_record
+        if role == "gateway" and record is not None:
+            record.add(event)
         if event.get("kind") == role:
             if event.get("phase") == "ready":
                 if role == "agent":

@@ -96,11 +96,14 @@ def test_a_signature_over_the_raw_payload_instead_of_the_pae_fails(make_run: Mak
 def test_a_different_key_fails_and_names_both_keys(make_run: MakeRun, tmp_path: Path) -> None:
     other = keygen(tmp_path / "other")
     run = make_run(key=other)
-    report = verify_run(run.root, KeyTrust([load_public_key(make_run().key.public)]),
-                        DEFAULT_POLICY)
+    trusted = make_run().key
+    assert trusted.keyid[:16] != other.keyid[:16]
+    report = verify_run(run.root, KeyTrust([load_public_key(trusted.public)]), DEFAULT_POLICY)
     reasons = failed(report)
     assert "not by the trusted key" in reasons["signatures"]
+    # The one that signed and the one that was expected: both, so the user can tell which.
     assert other.keyid[:16] in reasons["signatures"]
+    assert trusted.keyid[:16] in reasons["signatures"]
 
 
 def test_an_output_changed_after_the_run_fails_run_files(make_run: MakeRun) -> None:

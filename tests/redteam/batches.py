@@ -20,14 +20,15 @@ import docker
 import pytest
 
 from sbx.pipelines.run.runner import host_addresses
+from sbx.sandbox.archive import pack_files
 from tests.conftest import Internet
 from tests.redteam import netattacks as na
 from tests.redteam.harness import (
     Run,
     Sink,
+    assign,
     attack_step,
     cached,
-    recorded,
     run_spec,
     start_sink,
 )
@@ -46,6 +47,15 @@ class Batch:
     other_hits: list[dict[str, Any]]
     web_hits: list[dict[str, Any]]
     step: str
+
+    def _assigned(self, events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+        """Every attempt's own event, each event claimed once (computed once per batch)."""
+        cache: dict[str, list[dict[str, Any]]] | None = getattr(self, "_assignment", None)
+        if cache is None:
+            cache = assign(events, [(n, self.results[n], list(a.wants))
+                                    for n, a in self.attacks.items() if n in self.results])
+            self._assignment = cache
+        return cache
 
     def judge(self, name: str) -> list[str]:
         """Everything wrong with attack `name`: [] when it was handled and recorded."""
@@ -69,7 +79,7 @@ class Batch:
             if not result["reached"] or WEB_PATH_MARK not in body:
                 problems.append(f"{name}: did not reach the allowed host: {result['detail']}")
         events = self.run.events_of(self.step)
-        if not recorded(events, result, list(net.wants)):
+        if not self._assigned(events).get(name):
             nearby = [e for e in events if e.get("kind") not in ("probe",)]
             problems.append(f"{name}: NOT RECORDED: no event matching {net.wants} in its window "
                             f"[{result['t0']:.3f}, {result['t1']:.3f}]; window events: "
@@ -185,7 +195,7 @@ def run_dir(batch: Batch) -> Path:
 # --------------------------------------------------------------------------- two steps at once
 
 STEPS_DIR = Path(__file__).parent / "steps"
-VICTIM_SECONDS = 14
+VICTIM_SECONDS = 240  # a hang guard: the victim stays until the test says the attacker is done
 DUMMY_PEER: dict[str, Any] = {
     "gateway_ip": "10.222.0.2", "agent_ip": "10.222.0.3", "gateway_egress_ip": "198.18.0.99",
     "names": {"gateway": "sbx-x-victim-gateway", "agent": "sbx-x-victim-agent",
@@ -216,7 +226,7 @@ def _learn_peer(client: docker.DockerClient, internet: Internet, ws: Path,
     import json
     import time
 
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 300  # a hang guard
     while time.monotonic() < deadline:
         peer: dict[str, Any] = {}
         for c in client.api.containers(filters={"label": ["sbx.step=victim"]}):
@@ -234,8 +244,41 @@ def _learn_peer(client: docker.DockerClient, internet: Internet, ws: Path,
             found.update(peer)
             ops = [n.step_op() for n in na.cross(peer)]
             (ws / "cross.json").write_text(json.dumps({"attacks": ops, "gap": 0.08}))
-            return
+            break
         time.sleep(0.1)
+    else:
+        return
+    # On events, not on time: the attacker starts once the victim is ready (the gate
+    # step waits for /tmp/go), and the victim stays until the attacker has exited.
+    victim = _running_step(client, "victim", deadline)
+    while time.monotonic() < deadline and not _has(client, victim, "/workspace/victim-ready"):
+        time.sleep(0.1)
+    client.api.put_archive(_running_step(client, "gate", deadline), "/tmp",
+                           pack_files({"go": b""}))
+    while time.monotonic() < deadline and not client.api.containers(all=True, filters={
+            "label": ["sbx.step=attacker", "sbx.role=step"], "status": "exited"}):
+        time.sleep(0.1)
+    client.api.put_archive(victim, "/workspace", pack_files({"stop-victim": b""}))
+
+
+def _running_step(client: docker.DockerClient, step: str, deadline: float) -> str:
+    import time
+
+    while time.monotonic() < deadline:
+        found = client.api.containers(filters={"label": [f"sbx.step={step}", "sbx.role=step"],
+                                               "status": "running"})
+        if found:
+            return str(found[0]["Id"])
+        time.sleep(0.1)
+    raise AssertionError(f"the {step} step never ran")
+
+
+def _has(client: docker.DockerClient, cid: str, path: str) -> bool:
+    try:
+        client.api.get_archive(cid, path)[0].close()
+    except docker.errors.NotFound:
+        return False
+    return True
 
 
 def _cross_batch(internet: Internet, client: docker.DockerClient,
@@ -251,15 +294,16 @@ def _cross_batch(internet: Internet, client: docker.DockerClient,
              for name in ("attack.py", "sidechannel.py", "victim.py", "privs.py")}
     steps = {
         "victim": {"image": image, "inputs": ["victim.py"], "outputs": ["out/"],
-                   "read_only_rootfs": True, "tmpfs": ["/tmp"],
+                   "read_only_rootfs": True, "tmpfs": ["/tmp"], "resources": {"timeout": 300},
                    "run": f"python3 victim.py {VICTIM_SECONDS} out/victim.json"},
         "lowpriv": {"image": image, "inputs": ["privs.py"], "outputs": ["out/"],
                     "user": "1000:1000", "run": "python3 privs.py out/privs.json"},
-        "gate": {"image": image, "run": "true"},
+        "gate": {"image": image, "run": "until [ -e /tmp/go ]; do sleep 0.1; done",
+                 "resources": {"timeout": 300}},
         "attacker": {"image": image, "needs": ["gate"], "user": "0:0",
                      "inputs": ["attack.py", "sidechannel.py", "cross.json"],
                      "outputs": ["out/"],
-                     "run": "sleep 1 && python3 sidechannel.py out/side.json && "
+                     "run": "python3 sidechannel.py out/side.json && "
                             "python3 attack.py cross.json out/results.json"},
     }
     found: dict[str, Any] = {}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
+import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,7 +31,18 @@ HERE = Path(__file__).parent
 ATTACK_SCRIPT = HERE / "steps" / "attack.py"
 SINK_SCRIPT = HERE / "servers" / "sink.py"
 TEST_LABEL = "sbx.test"
-SLACK = 0.25  # seconds an event may trail its attempt (NFLOG is read asynchronously)
+# Seconds an event may trail its attempt (NFLOG is read asynchronously; a loaded machine
+# delays it). Wide, because an event is matched on its content and claimed by one attempt
+# only (`assign`): a neighbour's event cannot stand in for a missing one.
+SLACK = 3.0
+
+
+CONTROL_PORT = 7  # the sink listens on no such port: only its sniffer sees the control
+
+
+def _is_control(event: dict[str, Any], sport: int) -> bool:
+    return (event.get("kind") == "packet" and event.get("dport") == CONTROL_PORT
+            and event.get("sport") == sport)
 
 
 @dataclass
@@ -42,17 +54,39 @@ class Sink:
     client: docker.DockerClient
 
     def seen(self, since: dt.datetime, until: dt.datetime | None = None) -> list[dict[str, Any]]:
-        """Packets and connections that reached the sink in [since, until]."""
+        """Packets and connections that reached the sink in [since, until].
+
+        First a positive control: one datagram from this host that the sniffer must log.
+        A sniffer that died after it said ready would make every "nothing reached the
+        sink" pass; this raises instead.
+        """
+        control = self.control()
         raw = self.client.api.logs(self.container_id, stdout=True, stderr=False)
         out = []
         for line in raw.decode().splitlines():
             event = json.loads(line)
-            if event.get("kind") == "ready":
+            if event.get("kind") == "ready" or _is_control(event, control):
                 continue
             when = parse_time(event["time"])
             if when >= since and (until is None or when <= until):
                 out.append(event)
         return out
+
+    def control(self, wait: float = 30.0) -> int:
+        """Send the control datagram (to a port nothing listens on, so only the sniffer
+        sees it) and wait until the sink logs it; returns its source port."""
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("0.0.0.0", 0))
+            sport: int = s.getsockname()[1]
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline:
+                s.sendto(b"sbx-sink-control", (self.ip, CONTROL_PORT))
+                raw = self.client.api.logs(self.container_id, stdout=True, stderr=False)
+                if any(_is_control(json.loads(line), sport) for line in raw.decode().splitlines()):
+                    return sport
+                time.sleep(0.2)
+        raise AssertionError(f"the sink at {self.ip} did not log the control packet: its "
+                             "sniffer is not running, so its silence proves nothing")
 
     def remove(self) -> None:
         """Remove the sink's container."""
@@ -60,8 +94,9 @@ class Sink:
 
 
 def start_sink(client: docker.DockerClient, image: str, network: str, ip: str,
-               aliases: list[str]) -> Sink:
-    """Start the sink on `network` at `ip`, reachable by every name in `aliases`."""
+               aliases: list[str], script: bytes | None = None) -> Sink:
+    """Start the sink on `network` at `ip`, reachable by every name in `aliases`
+    (`script`: another sink.py, for the test that shows a dead one is caught)."""
     api = client.api
     cid = api.create_container(
         image, command=["python3", "/srv/sink.py"], name=f"sbx-test-sink-{secrets.token_hex(4)}",
@@ -69,7 +104,7 @@ def start_sink(client: docker.DockerClient, image: str, network: str, ip: str,
         networking_config=api.create_networking_config({
             network: api.create_endpoint_config(aliases=aliases, ipv4_address=ip)}),
         host_config=api.create_host_config(network_mode=network))["Id"]
-    api.put_archive(cid, "/srv", pack_files({"sink.py": SINK_SCRIPT.read_bytes()}))
+    api.put_archive(cid, "/srv", pack_files({"sink.py": script or SINK_SCRIPT.read_bytes()}))
     api.start(cid)
     for _ in range(200):
         if b'"ready"' in api.logs(cid):
@@ -188,7 +223,29 @@ def matches(event: dict[str, Any], want: dict[str, Any]) -> bool:
     return True
 
 
+def assign(events: list[dict[str, Any]], attempts: list[tuple[str, dict[str, Any],
+                                                               list[dict[str, Any]]]],
+           ) -> dict[str, list[dict[str, Any]]]:
+    """Each attempt's own events: (name, result, wants) in the order they ran; an event
+    goes to the first attempt that it matches and that has none yet."""
+    taken: set[int] = set()
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, result, wants in sorted(attempts, key=lambda a: a[1]["t0"]):
+        mine = [e for e in recorded(events, result, wants) if id(e) not in taken]
+        out[name] = mine[:1]
+        taken.update(id(e) for e in mine[:1])
+    return out
+
+
 def recorded(events: list[dict[str, Any]], result: dict[str, Any],
              wants: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The attempt's events (in its window) that match any of `wants`."""
+    """The attempt's events (in its window) that match any of `wants`.
+
+    A TCP attempt through the relay or the proxy is matched on its own connection: the
+    gateway records the source port the attack reported, so a neighbour's event with the
+    same destination cannot stand in for it.
+    """
+    if result.get("src_port") is not None:
+        wants = [dict(w, src_port=result["src_port"]) if w.get("via") in ("relay", "proxy")
+                 else w for w in wants]
     return [e for e in in_window(events, result) if any(matches(e, w) for w in wants)]

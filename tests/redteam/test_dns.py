@@ -10,12 +10,16 @@ The unit tests at the end pin the gateway fixes these attacks led to.
 from __future__ import annotations
 
 import json
+import socket
+import struct
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import docker
 import pytest
 from dnslib import QTYPE, RCODE, DNSQuestion, DNSRecord
+from dnslib.server import DNSServer
 
 from sbx.sandbox.policy import Policy, parse_rule
 from sbx.sandbox.runtime.dns_server import QuietLogger, Resolver
@@ -76,12 +80,40 @@ def test_two_questions_get_formerr_and_a_denied_event(
     assert event["verdict"] == "denied" and "2 questions" in event["reason"]
 
 
-def test_a_message_that_is_not_dns_is_recorded(capsys: pytest.CaptureFixture[str]) -> None:
-    handler = SimpleNamespace(client_address=("10.222.0.3", 4000), protocol="udp")
-    QuietLogger("build").log_error(handler, ValueError("Error unpacking DNSHeader"))
-    [event] = _events(capsys.readouterr().out)
+@pytest.mark.parametrize("tcp", [False, True], ids=["udp", "tcp"])
+@pytest.mark.parametrize("payload", [b"\x00", b"not dns at all, a tunnel" * 3,
+                                     DNSRecord.question("example.com").pack()[:-3]],
+                         ids=["one-byte", "text", "truncated-question"])
+def test_a_message_that_is_not_dns_is_recorded(
+        capsys: pytest.CaptureFixture[str], tcp: bool, payload: bytes) -> None:
+    """Sent for real to the gateway's DNS servers (dnslib's, with the gateway's logger),
+    as any datagram or stream to port 53 from a step ends up there."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = DNSServer(Resolver(_gate("example.com")), address="127.0.0.1", port=port,
+                       tcp=tcp, logger=QuietLogger("build"))
+    server.start_thread()
+    try:
+        if tcp:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(struct.pack("!H", len(payload)) + payload)
+                s.shutdown(socket.SHUT_WR)
+                s.recv(512)  # the server closes it: the message was read and refused
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(payload, ("127.0.0.1", port))
+        deadline = time.monotonic() + 30  # a hang guard: returns on the first event
+        out = ""
+        while time.monotonic() < deadline and '"malformed' not in out:
+            out += capsys.readouterr().out
+            time.sleep(0.02)
+    finally:
+        server.stop()
+    [event] = _events(out)
     assert event["kind"] == "dns" and event["verdict"] == "denied"
-    assert "malformed" in event["reason"] and event["src_ip"] == "10.222.0.3"
+    assert "malformed" in event["reason"] and event["src_ip"] == "127.0.0.1"
+    assert event["violation"] is True
 
 
 def test_allowed_name_with_only_internal_addresses_is_a_denied_dns_event(

@@ -36,11 +36,14 @@ COVERS = frozenset({
 })
 REAL = {"tamper.link.dsse.json", "tamper.isolation.dsse.json", "provenance.dsse.json"}
 
+# Each writer says it is alive (out/alive-*) before it waits to rewrite; the command ends
+# only once all three have said so: they are shown alive when it exits.
 TAMPER = r"""
 mkdir -p out attestations
 echo original > out/nohup.txt; echo original > out/setsid.txt; echo original > out/daemon.txt
-nohup sh -c 'sleep 1; echo tampered > out/nohup.txt' >/dev/null 2>&1 &
-setsid sh -c 'sleep 1; echo tampered > out/setsid.txt' </dev/null >/dev/null 2>&1 &
+nohup sh -c 'touch out/alive-nohup; sleep 1; echo tampered > out/nohup.txt' >/dev/null 2>&1 &
+setsid sh -c 'touch out/alive-setsid; sleep 1; echo tampered > out/setsid.txt' \
+  </dev/null >/dev/null 2>&1 &
 python3 - <<'PY'
 import os, time
 if os.fork():
@@ -48,19 +51,26 @@ if os.fork():
 os.setsid()
 if os.fork():
     os._exit(0)
+open("out/alive-daemon", "w").close()
 time.sleep(1)
 open("out/daemon.txt", "w").write("tampered\n")
 PY
 cp forged.dsse.json attestations/provenance.dsse.json
 cp forged.dsse.json attestations/tamper.link.dsse.json
 cp forged.dsse.json out/tamper.isolation.dsse.json
+until [ -e out/alive-nohup ] && [ -e out/alive-setsid ] && [ -e out/alive-daemon ]; do
+  sleep 0.01; done
 """
+# The swapper counts its swaps; the command ends once it has swapped 200 times, so it is
+# swapping when the command exits (copy-out reads the stopped container: whichever state
+# the swap left is what is judged).
 SWAP = r"""
 mkdir -p out
 echo mine > out/data
-setsid sh -c 'while :; do ln -sfn /etc/shadow out/tmp.lnk; mv -Tf out/tmp.lnk out/data;
-  echo mine > out/tmp.new; mv -f out/tmp.new out/data; done' </dev/null >/dev/null 2>&1 &
-sleep 0.5
+setsid sh -c 'n=0; while :; do ln -sfn /etc/shadow out/tmp.lnk; mv -Tf out/tmp.lnk out/data;
+  echo mine > out/tmp.new; mv -f out/tmp.new out/data; n=$((n+1)); echo $n > swaps.new;
+  mv -f swaps.new swaps; done' </dev/null >/dev/null 2>&1 &
+until [ "$(cat swaps 2>/dev/null || echo 0)" -ge 200 ]; do sleep 0.01; done
 """
 
 
@@ -115,6 +125,7 @@ def test_rewrites_after_exit_never_land_and_the_evidence_matches(
     link = _statement(run.out / "attestations/tamper.link.dsse.json")
     signed = {s["name"]: s["digest"]["sha256"] for s in link["subject"]}
     for how in ("nohup", "setsid", "daemon"):
+        assert (run.out / f"outputs/tamper/out/alive-{how}").is_file(), f"{how} never ran"
         rel = f"outputs/tamper/out/{how}.txt"
         assert (run.out / rel).read_text() == "original\n", f"the {how} rewrite landed"
         assert signed[rel] == hashlib.sha256(b"original\n").hexdigest()

@@ -22,6 +22,7 @@ from sbx.attest.signing.local import KeyPair
 from sbx.errors import EXIT_ENVIRONMENT, EXIT_INTERRUPTED, EXIT_OK
 from sbx.pipelines.cli import main
 from sbx.pipelines.run import evidence as ev
+from sbx.sandbox.archive import pack_files
 from sbx.sandbox.sandbox import LOG_LIMIT
 from tests.conftest import Internet, only_step
 from tests.redteam.faults_support import (
@@ -59,22 +60,28 @@ FAULTS: tuple[str, ...] = (
     "step floods its output (long lines, many lines, 160 MB)",
     "step floods denied flows (events and alerts)",
 )
-COVERED_BY: dict[str, str] = {
-    "gateway killed mid-step": "test_killed_runtime_container_leaves_no_egress_and_the_run_says_so",
-    "agent killed mid-step": "test_killed_runtime_container_leaves_no_egress_and_the_run_says_so",
-    "sbx killed (SIGKILL), then sbx gc": "test_gc_removes_what_a_killed_run_left",
-    "engine unreachable at start": "test_engine_unreachable_at_start",
-    "engine unreachable while preparing": "test_engine_lost_mid_run",
-    "engine unreachable while running": "test_engine_lost_mid_run",
-    **{f"{s.name} while running": "test_interrupt_while_running_removes_every_object_and_records_it"
+# The test that injects each fault, and the parameters of its case: checked against the
+# test's own parametrization, so a fault is counted only while a case injects it.
+Case = tuple[str, dict[str, Any]]
+_KILL = "test_killed_runtime_container_leaves_no_egress_and_the_run_says_so"
+COVERED_BY: dict[str, Case] = {
+    "gateway killed mid-step": (_KILL, {"role": "gateway"}),
+    "agent killed mid-step": (_KILL, {"role": "agent"}),
+    "sbx killed (SIGKILL), then sbx gc": ("test_gc_removes_what_a_killed_run_left", {}),
+    "engine unreachable at start": ("test_engine_unreachable_at_start", {}),
+    "engine unreachable while preparing": ("test_engine_lost_mid_run", {"phase": "preparing"}),
+    "engine unreachable while running": ("test_engine_lost_mid_run", {"phase": "running"}),
+    **{f"{s.name} while running": (
+        "test_interrupt_while_running_removes_every_object_and_records_it", {"sig": s})
        for s in SIGNALS},
-    **{f"{s.name} while {p}": "test_signal_in_phase"
+    **{f"{s.name} while {p}": ("test_signal_in_phase", {"sig": s, "phase": p})
        for s in SIGNALS for p in ("preparing", "probing", "copying outputs")},
-    **{f"{s.name} while signing": "test_signal_while_signing" for s in SIGNALS},
-    "run directory fills up while copying outputs": "test_run_directory_fills_up",
-    "run directory full from the start": "test_run_directory_full_from_the_start",
-    "step floods its output (long lines, many lines, 160 MB)": "test_output_flood_is_capped",
-    "step floods denied flows (events and alerts)": "test_denied_flood_completes",
+    **{f"{s.name} while signing": ("test_signal_while_signing", {"sig": s}) for s in SIGNALS},
+    "run directory fills up while copying outputs": ("test_run_directory_fills_up", {}),
+    "run directory full from the start": ("test_run_directory_full_from_the_start", {}),
+    "step floods its output (long lines, many lines, 160 MB)": ("test_output_flood_is_capped",
+                                                                {}),
+    "step floods denied flows (events and alerts)": ("test_denied_flood_completes", {}),
 }
 
 
@@ -83,9 +90,32 @@ def fault_count() -> int:
     return len(FAULTS)
 
 
+def _parametrized(fn: Any, argname: str) -> list[Any]:
+    """The values `fn` is parametrized with for `argname` (pytest's own marks)."""
+    for mark in getattr(fn, "pytestmark", []):
+        if mark.name == "parametrize" and mark.args[0] == argname:
+            return list(mark.args[1])
+    return []
+
+
 @pytest.mark.parametrize("fault", FAULTS)
-def test_every_fault_is_injected_by_a_test(fault: str) -> None:
-    assert callable(globals().get(COVERED_BY[fault])), COVERED_BY[fault]
+def test_every_fault_is_injected_by_a_case_of_a_test(fault: str) -> None:
+    name, params = COVERED_BY[fault]
+    fn = globals().get(name)
+    assert name.startswith("test_") and callable(fn), name
+    for argname, value in params.items():
+        assert value in _parametrized(fn, argname), f"{name} has no {argname}={value!r} case"
+    # Every parametrized argument is pinned: the fault names one case, not "some case".
+    assert {m.args[0] for m in getattr(fn, "pytestmark", []) if m.name == "parametrize"} \
+        == set(params), name
+
+
+def _has_file(client: docker.DockerClient, cid: str, path: str) -> bool:
+    try:
+        client.api.get_archive(cid, path)[0].close()
+    except docker.errors.NotFound:
+        return False
+    return True
 
 
 # -- the runtime containers --------------------------------------------------------------
@@ -97,7 +127,7 @@ def test_killed_runtime_container_leaves_no_egress_and_the_run_says_so(
 mkdir -p out
 curl -fsS http://web.sbx.test:8080/before > out/before.json
 touch /tmp/first-done
-sleep 4
+while [ ! -e /tmp/killed ]; do sleep 0.1; done
 curl -sS --max-time 5 http://web.sbx.test:8080/after > out/after.json 2> out/after.err \
   || echo failed > out/after.status
 """
@@ -105,12 +135,17 @@ curl -sS --max-time 5 http://web.sbx.test:8080/after > out/after.json 2> out/aft
     killed: list[float] = []
 
     def kill() -> None:
+        # On the step's own markers, not on time: after its first request, and the step
+        # makes its second only once the test says the kill is done.
         step = wait_for(lambda: sbx_containers(docker_client, "step", name))[0]
-        time.sleep(2)
+        wait_for(lambda: _has_file(docker_client, step["Id"], "/tmp/first-done"),
+                 what="the first request")
         victim = sbx_containers(docker_client, role, name)[0]
         assert victim["Labels"]["sbx.run"] == step["Labels"]["sbx.run"]
         docker_client.api.kill(victim["Id"])
+        wait_for(lambda: not sbx_containers(docker_client, role, name), what="the kill")
         killed.append(time.time())
+        docker_client.api.put_archive(step["Id"], "/tmp", pack_files({"killed": b""}))
 
     killer = threading.Thread(target=kill)
     killer.start()
@@ -340,7 +375,10 @@ def test_run_directory_full_from_the_start(tmp_path: Path, internet: Internet,
         assert "No space left on device" in text
         assert not (out / "run.json").exists()
     labelled = docker_client.api.containers(all=True, filters={"label": "sbx.step=nospace"})
-    assert labelled == [] and {c["Id"] for c in docker_client.api.containers(all=True)} <= before
+    # Nothing new from this sbx (the engine is shared: other sessions' containers come and go).
+    new = [c for c in docker_client.api.containers(all=True) if c["Id"] not in before
+           and f"/{proc.pid}/" in (c.get("Labels") or {}).get("sbx.owner", "")]
+    assert labelled == [] and new == []
 
 
 # -- floods ------------------------------------------------------------------------------
@@ -404,22 +442,33 @@ def test_output_flood_is_capped(tmp_path: Path, internet: Internet, signing_key:
 
 def test_denied_flood_completes(tmp_path: Path, internet: Internet, signing_key: KeyPair,
                                 docker_client: docker.DockerClient) -> None:
-    flood = (f"import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    # At the canary's own ports (UDP 9999, TCP 8080): a packet that got out would be seen.
+    # The step counts what happened to each attempt instead of hiding the errors.
+    flood = (f"import errno, json, os, socket\n"
+             f"seen = {{}}\n"
+             f"def note(key):\n    seen[key] = seen.get(key, 0) + 1\n"
+             f"s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
              f"for i in range(3000):\n"
-             f"    try:\n        s.sendto(b'x', ('{internet.other.ip}', 9000 + i % 50))\n"
-             f"    except OSError:\n        pass\n"
+             f"    try:\n        s.sendto(b'x', ('{internet.other.ip}', 9999))\n"
+             f"        note('udp sent')\n"
+             f"    except OSError as exc:\n        note(f'udp {{errno.errorcode[exc.errno]}}')\n"
              f"for i in range(300):\n"
-             f"    c = socket.socket()\n    c.settimeout(2)\n"
+             f"    c = socket.socket()\n    c.settimeout(15)\n"
              f"    try:\n        c.connect(('{internet.other.ip}', 8080))\n"
-             f"        c.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); c.recv(10)\n"
-             f"    except OSError:\n        pass\n    c.close()\n")
+             f"        note('tcp connected')\n"
+             f"        c.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+             f"        note('tcp data' if c.recv(10) else 'tcp closed')\n"
+             f"    except OSError as exc:\n        note(f'tcp {{type(exc).__name__}}')\n"
+             f"    c.close()\n"
+             f"os.makedirs('out', exist_ok=True)\n"
+             f"json.dump(seen, open('out/flood.json', 'w'))\n")
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "flood.py").write_text(flood)
     spec = write_spec(ws, {"name": "denyflood", "image": IMAGE, "inputs": ["flood.py"],
-                           "run": "python3 flood.py"})
+                           "run": "python3 flood.py", "outputs": ["out/"]})
     out = tmp_path / "run"
-    began, started = time.monotonic(), dt.datetime.now(dt.UTC)
+    started = dt.datetime.now(dt.UTC)
     # A webhook nobody answers (a closed port on loopback): alerts must not hold the run.
     proc = spawn_sbx(["run", str(spec), "--out", str(out), "--quiet",
                       "--egress-network", internet.network,
@@ -428,23 +477,31 @@ def test_denied_flood_completes(tmp_path: Path, internet: Internet, signing_key:
     watcher = threading.Thread(target=_peak_rss, args=(psutil.Process(proc.pid), stop, peak))
     watcher.start()
     try:
-        _, err = proc.communicate(timeout=300)
+        _, err = proc.communicate(timeout=600)  # a hang guard; the speed is `make bench`'s
     finally:
         stop.set()
         watcher.join()
-    took = time.monotonic() - began
     assert proc.returncode == 1, err.decode()  # denied egress in enforce mode
     assert "Traceback" not in err.decode()
     assert peak[0] < 300 * 1024 * 1024, f"sbx peaked at {peak[0] >> 20} MiB"
     record = read_record(out)
     assert record is not None
     step = only_step(record)
-    assert step["flows"]["denied"] >= 300, step["flows"]
-    assert record["alerts"]["sent"] == 0
-    lines = (out / "events.jsonl").read_text().splitlines()
-    assert len(lines) >= step["flows"]["denied"]
+    seen = json.loads((out / "outputs" / "denyflood" / "out" / "flood.json").read_text())
+    # Every datagram was dropped inside the namespace (EPERM), none left it.
+    assert seen.get("udp EPERM") == 3000, seen
+    # Every connection was the relay's, and none got a byte from the canary.
+    assert seen.get("tcp connected") == 300 and "tcp data" not in seen, seen
     assert internet.other.hits(started) == [], "a denied packet reached the canary"
-    assert took < 240
+    assert record["alerts"]["sent"] == 0
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    tcp = [e for e in events if e.get("kind") == "tcp" and e.get("verdict") == "denied"
+           and e.get("dst_ip") == internet.other.ip and e.get("dst_port") == 8080]
+    assert len(tcp) == 300, "every relayed connection is on record"
+    # The firewall's log is rate-limited (a flood must not drown the agent): some, not all.
+    udp = [e for e in events if e.get("kind") == "udp" and e.get("dst_port") == 9999]
+    assert udp and all(e["verdict"] == "denied" for e in udp)
+    assert step["flows"]["denied"] == len(tcp) + len(udp), step["flows"]
     failed = failed_checks(out, signing_key)
     assert set(failed) <= {"steps-succeeded", "isolation.denied-flows"}, failed
     assert run_objects(docker_client, record["run_id"]) == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import yaml
 from sbx.attest.signing.local import KeyPair
 from sbx.errors import EXIT_OK
 from sbx.pipelines.cli import main
+from sbx.sandbox.archive import pack_files
 from tests.conftest import Internet
 from tests.redteam.faults_support import failed_checks, run_objects
 
@@ -22,19 +24,49 @@ pytestmark = pytest.mark.docker
 STEPS = 12
 
 
+def _release_when_all_run(client: docker.DockerClient, out: Path) -> None:
+    """Drop /tmp/go into every step container once no step is still on its way there
+    (each is running, or ended without running: then the test fails on its status)."""
+    deadline = time.monotonic() + 600  # a hang guard only
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            record = json.loads((out / "run.json").read_text())
+        except (OSError, ValueError):
+            continue
+        statuses = {st["status"] for st in record.get("steps", {}).values()}
+        if not statuses or statuses & {"pending", "preparing", "probing", "waiting"}:
+            continue
+        running = client.api.containers(filters={
+            "label": [f"sbx.run={record['run_id']}", "sbx.role=step"], "status": "running"})
+        if len(running) == sum(st["status"] == "running" for st in record["steps"].values()):
+            for c in running:
+                client.api.put_archive(c["Id"], "/tmp", pack_files({"go": b""}))
+            return
+
+
 def test_twelve_parallel_steps_cannot_reach_each_other(
         tmp_path: Path, internet: Internet, signing_key: KeyPair,
         docker_client: docker.DockerClient) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
-    steps = {f"s{i:02d}": {"image": "sbx-step:bookworm", "run": "echo $SBX_STEP > who.txt",
-                           "outputs": ["who.txt"]} for i in range(STEPS)}
+    # Each step holds until the test has seen all twelve commands start (so every step's
+    # probes are done while all the others are still live): every step probes eleven peers,
+    # however the machine schedules them. The test releases them by dropping /tmp/go in.
+    steps = {f"s{i:02d}": {"image": "sbx-step:bookworm", "outputs": ["who.txt"],
+                           "resources": {"timeout": 300},
+                           "run": "while [ ! -e /tmp/go ]; do sleep 0.1; done; "
+                                  "echo $SBX_STEP > who.txt"} for i in range(STEPS)}
     (ws / "pipeline.yaml").write_text(yaml.safe_dump({"name": "load", "steps": steps}))
     out = tmp_path / "run"
+    released = threading.Thread(target=_release_when_all_run, args=(docker_client, out),
+                                daemon=True)
+    released.start()
     began = time.monotonic()
     code = main(["run", str(ws / "pipeline.yaml"), "--out", str(out), "--quiet",
                  "--egress-network", internet.network])
     took = time.monotonic() - began
+    released.join(timeout=30)
     record = json.loads((out / "run.json").read_text())
     s = record["steps"]
     assert sorted(s) == sorted(steps)
@@ -52,6 +84,9 @@ def test_twelve_parallel_steps_cannot_reach_each_other(
     probes = [p for st in s.values() for p in st["peer_probes"]]
     assert len(probes) == STEPS * (STEPS - 1) * per_peer.pop()
     assert all(p["blocked"] for p in probes), [p for p in probes if not p["blocked"]]
+    # ...on the address: each step's own gateway refused every peer as internal.
+    assert all("refused the address as internal" in p["detail"]
+               for p in probes if p["kind"] == "tcp"), probes[:4]
     for name, st in s.items():
         hit = {ipaddress.ip_address(p["target"].split(":")[0]) for p in st["peer_probes"]}
         for other, ost in s.items():

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from sbx.errors import EXIT_INPUT, SpecError
 from sbx.pipelines.spec.loader import load_yaml
 from sbx.pipelines.spec.step import validate_step
-from sbx.sandbox.policy import PolicyError, Rule, is_internal, parse_rule
+from sbx.sandbox.policy import INTERNAL_NETWORKS, Policy, PolicyError, Rule, parse_rule
+from sbx.sandbox.runtime.gate import Gate
 
 _label = st.from_regex(r"[a-z][a-z0-9]{0,9}", fullmatch=True)
 _name = st.lists(_label, min_size=2, max_size=4).map(".".join)
@@ -66,14 +67,26 @@ def test_wildcard_needs_a_label_boundary(suffix: str, extra: str, port: int | No
     assert rule.matches_name(f"{extra}.{suffix}".upper() + ".", port)
 
 
-@given(st.ip_addresses())
-def test_internal_addresses_are_never_matched_by_a_name_rule(
-        addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> None:
-    rule = parse_rule("example.org:443")
-    assert not rule.matches_ip(str(addr), 443)
-    if is_internal(str(addr)):
-        assert not parse_rule("203.0.113.0/24").matches_ip(str(addr), None) or \
-            addr in ipaddress.ip_network("203.0.113.0/24")
+@st.composite
+def _internal(draw: st.DrawFn) -> str:
+    net = draw(st.sampled_from(INTERNAL_NETWORKS))
+    return str(net.network_address + draw(st.integers(0, net.num_addresses - 1)))
+
+
+@given(_internal(), _name, st.sampled_from(["enforce", "audit"]))
+def test_the_gateway_never_allows_an_internal_address_on_a_name_rule(
+        ip: str, name: str, mode: str) -> None:
+    """Whatever the name rules say, and even after DNS answered the address for an
+    allowed name, an internal address is refused as such, raw or through a name."""
+    gate = Gate(step="s", policy=Policy(mode=mode, rules=(parse_rule(f"{name}:443"),
+                                                          parse_rule("*.example.org"))),
+                refused=())
+    gate.answered[ip] = name
+    by_address = gate.decide_ip(ip, 443)
+    assert by_address.verdict == "denied" and by_address.internal, by_address
+    gate.resolve = lambda *_a, **_k: [ip]  # type: ignore[method-assign]
+    by_name = gate.decide_name(name, 443)
+    assert by_name.verdict == "denied" and by_name.internal and not by_name.addresses
 
 
 # -- the YAML loader ---------------------------------------------------------------------

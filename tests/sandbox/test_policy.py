@@ -508,14 +508,61 @@ def test_integer_spellings_are_always_refused(value: int) -> None:
             parse_rule(text)
 
 
-@given(st.ip_addresses())
-def test_parsed_ip_rules_never_reach_forbidden_ranges(
-    addr: ipaddress.IPv4Address | ipaddress.IPv6Address,
+_FORBIDDEN_V4 = [ipaddress.IPv4Network(n) for n in (
+    "169.254.169.254/32", "100.100.100.200/32", "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16",
+    "224.0.0.0/4", "255.255.255.255/32", "240.0.0.0/4")]
+_FORBIDDEN_V6 = [ipaddress.IPv6Network(n) for n in (
+    "fd00:ec2::254/128", "::/128", "::1/128", "fe80::/10", "ff00::/8")]
+
+
+@st.composite
+def _forbidden_v4(draw: st.DrawFn) -> ipaddress.IPv4Address:
+    net = draw(st.sampled_from(_FORBIDDEN_V4))
+    offset = draw(st.integers(min_value=0, max_value=net.num_addresses - 1))
+    return net.network_address + offset
+
+
+def _spellings(v4: ipaddress.IPv4Address, low: int) -> list[str]:
+    """Every IPv6 spelling of `v4` that routes to it: IPv4-mapped, NAT64, 6to4, Teredo
+    (`low` fills the bits the wrapper leaves free)."""
+    n = int(v4)
+    return [str(v4), f"::ffff:{v4}", str(ipaddress.IPv6Address((0x64FF9B << 96) | n)),
+            str(ipaddress.IPv6Address((0x2002 << 112) | (n << 80) | (low & (2**80 - 1)))),
+            str(ipaddress.IPv6Address((0x20010000 << 96) | (low & 0xFFFFFFFF) << 64
+                                      | (n ^ 0xFFFFFFFF)))]
+
+
+# Rules a user may write that cover a wrapper range (or are an address in one).
+_WRAPPER_RULES = st.sampled_from([
+    "64::/16", "64:ff9b::/32", "2002::/16", "2002::/24", "2001::/16", "2001::/32", "::/96",
+    "::ffff:0:0/96", "::ffff:a9fe:0/112", "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::/48",
+    "2001:0:1:2:3:4:5:6"])
+
+
+@given(st.one_of(st.ip_addresses().map(str), _WRAPPER_RULES), _forbidden_v4(),
+       st.integers(min_value=0, max_value=2**80 - 1))
+def test_no_rule_ever_matches_a_forbidden_address_in_any_spelling(
+    rule_text: str, bad: ipaddress.IPv4Address, low: int,
 ) -> None:
-    text = f"[{addr}]:443" if addr.version == 6 else f"{addr}:443"
+    """Not only the literal 127.0.0.1: any address in a forbidden range, spelled as IPv4 or
+    wrapped in IPv6 (mapped, NAT64, 6to4, Teredo), is matched by no accepted rule."""
+    text = f"[{rule_text}]:443" if ":" in rule_text and "/" not in rule_text else rule_text
     try:
         rule = parse_rule(text)
     except PolicyError:
         return
-    for bad in ("127.0.0.1", "169.254.169.254", "::1", "0.0.0.0", "fe80::1"):
-        assert not rule.matches_ip(bad, 443)
+    for spelling in _spellings(bad, low):
+        assert not rule.matches_ip(spelling, 443), (rule.text, spelling)
+
+
+@given(st.ip_addresses(v=6), st.sampled_from(_FORBIDDEN_V6))
+def test_no_rule_ever_matches_a_forbidden_ipv6_address(
+    addr: ipaddress.IPv6Address, net: ipaddress.IPv6Network,
+) -> None:
+    inside = net.network_address + (int(addr) % net.num_addresses)
+    for prefix in (16, 32, 64, 96, 112, 128):
+        try:
+            rule = parse_rule(f"{ipaddress.ip_network((inside, prefix), strict=False)}")
+        except PolicyError:
+            continue
+        assert not rule.matches_ip(str(inside), 443), rule.text

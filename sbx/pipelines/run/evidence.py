@@ -113,7 +113,7 @@ def signed_recording(recording: Mapping[str, Any] | None) -> dict[str, int] | No
 
 
 def _probe(p: ProbeResult) -> Probe:
-    return Probe(p.name, p.kind, p.target, p.blocked, p.detail)
+    return Probe(p.name, p.kind, p.target, p.blocked, p.detail, p.reached_if)
 
 
 def isolation_of(facts: SandboxFacts, *, policy: Mapping[str, Any],

@@ -414,7 +414,7 @@ def _input_dict(a: Artifact) -> dict[str, Any]:
 
 def _probe_dict(p: ProbeResult) -> dict[str, Any]:
     return {"name": p.name, "kind": p.kind, "target": p.target, "blocked": p.blocked,
-            "detail": p.detail}
+            "detail": p.detail, "reached_if": p.reached_if}
 
 
 def _output_dict(o: OutputFile) -> dict[str, Any]:

@@ -104,6 +104,19 @@ def _embedded_v4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
     return found
 
 
+def is_forbidden(addr: IPAddress) -> bool:
+    """True when `addr`, or an IPv4 address it carries, is one no rule may ever reach.
+
+    A rule's network is checked when it is parsed, but a wide IPv6 rule (``64::/16``,
+    ``2002::/16``) still holds the NAT64 or 6to4 spelling of 169.254.169.254: the
+    address is checked too, whenever a rule is matched.
+    """
+    candidates: list[IPAddress] = [addr]
+    if isinstance(addr, ipaddress.IPv6Address):
+        candidates.extend(_embedded_v4(addr))
+    return any(_in(a, bad) for a in candidates for bad, _ in _FORBIDDEN_NETWORKS)
+
+
 def _in(addr: IPAddress, net: IPNetwork) -> bool:
     # ipaddress does not compare versions in `in`; an IPv4 address can spuriously
     # "belong" to an IPv6 network, so check the version first.

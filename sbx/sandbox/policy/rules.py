@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .addresses import IPNetwork, _check_network, _in, _parse_address, _unwrap
+from .addresses import IPNetwork, _check_network, _in, _parse_address, _unwrap, is_forbidden
 from .errors import PolicyError
 from .names import _forbidden_name, _looks_numeric, normalize_name
 
@@ -70,10 +70,10 @@ class Rule:
         if self.network is None or not self._port_ok(port):
             return False
         try:
-            addr = _unwrap(_parse_address(ip))
+            parsed = _parse_address(ip)
         except PolicyError:
             return False
-        return _in(addr, self.network)
+        return _in(_unwrap(parsed), self.network) and not is_forbidden(parsed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; None fields are omitted so new optional fields keep old digests."""

@@ -77,10 +77,16 @@ class Agent:
             name, how = None, "invalid"
         target = f"{name}:{dst_port}" if name else f"{dst_ip}:{dst_port}"
         try:
+            # The source port ties the gateway's record to this connection (the probes' check).
+            src_port = conn.getpeername()[1]
+        except OSError:
+            src_port = 0
+        try:
             upstream = socket.create_connection(self.gateway, timeout=5)
             upstream.sendall(
                 f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
-                f"X-Sbx-Orig-Dst: {dst_ip}:{dst_port}\r\nX-Sbx-Name-From: {how}\r\n"
+                f"X-Sbx-Orig-Dst: {dst_ip}:{dst_port}\r\nX-Sbx-Orig-Src-Port: {src_port}\r\n"
+                f"X-Sbx-Name-From: {how}\r\n"
                 f"X-Sbx-Relay: {self.cfg.get('relay_token', '')}\r\n\r\n".encode())
             head, rest = pipe.read_head(upstream)
         except (OSError, ValueError) as exc:

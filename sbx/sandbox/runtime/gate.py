@@ -21,6 +21,7 @@ class Decision:
     reason: str
     rule: Rule | None = None
     addresses: tuple[str, ...] = ()
+    internal: bool = False  # refused for the address itself, whatever the policy says
 
     @property
     def passes(self) -> bool:
@@ -62,7 +63,7 @@ class Gate:
 
     def decide_ip(self, ip: str, port: int) -> Decision:
         if self._blocked_address(ip, port):
-            return Decision("denied", f"{ip} is an internal or host address")
+            return Decision("denied", f"{ip} is an internal or host address", internal=True)
         rule = self.policy.match_ip(ip, port)
         if rule is None:
             with self.lock:
@@ -95,7 +96,8 @@ class Gate:
             return Decision("failed", f"{name} does not resolve", rule)
         usable = tuple(ip for ip in found if not self._blocked_address(ip, port))
         if not usable:
-            return Decision("denied", f"{name} resolves only to internal addresses {found}", rule)
+            return Decision("denied", f"{name} resolves only to internal addresses {found}", rule,
+                            internal=True)
         if rule is None:
             return Decision("audit", f"no rule allows {name}:{port}", None, usable)
         return Decision("allowed", "matched", rule, usable)

@@ -4,13 +4,18 @@ Each probe tries one way out and reports whether anything came back. A
 transparent relay completes TCP handshakes locally, so reachability is judged
 by data or by a reaction from the far side (a reset, an ICMP error, a reply),
 never by a completed connect alone.
+
+Some claims cannot be decided from inside: that the gateway refused an address
+(and not merely had no rule for it), or that a DNS query reached the gateway at
+all. Such a probe reports what it needs (`check`: its connection's source port,
+the name it asked) and the orchestrator decides it from the gateway's own record
+(sbx.sandbox.probe_verdicts). Each result says what counted as reached (`reached_if`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import socket
 import struct
 import sys
@@ -26,47 +31,91 @@ Result = dict[str, Any]
 # more (and records that): a relayed probe's verdict always comes within this.
 VERDICT_WAIT = 11.0
 
+# What counts as reached, per kind of probe: signed with each result.
+REACHED_IF = {
+    "relayed": "bytes came back, the connection was refused (the relay always accepts, so a "
+               "refusal means interception is missing), or the gateway's record of this "
+               "connection is anything but a refusal of an internal address (or is missing)",
+    "direct": "bytes came back or the far side refused the connection",
+    "udp": "a reply or an ICMP port-unreachable came back",
+    "icmp": "an echo reply came back",
+    "proxy": "the gateway answered 200, or its record of this connection is anything but a "
+             "refusal of an internal address (or is missing)",
+    "error": "always: a probe that crashed or gave no verdict proves nothing",
+    "dns": "an address came back, or the gateway has no record of the query, or recorded it "
+           "as allowed (the name is one Docker's embedded DNS answers, so an answer means "
+           "the query was not intercepted)",
+}
 
-def _result(name: str, kind: str, target: str, reached: bool, detail: str) -> Result:
-    return {"name": name, "kind": kind, "target": target, "blocked": not reached, "detail": detail}
+
+def _result(name: str, kind: str, target: str, reached: bool, detail: str,
+            how: str, **check: Any) -> Result:
+    out: Result = {"name": name, "kind": kind, "target": target, "blocked": not reached,
+                   "detail": detail, "reached_if": REACHED_IF[how]}
+    if check:
+        out["check"] = check
+    return out
 
 
-def dns_denied(name: str, timeout: float) -> Result:
-    """A name no rule allows must not resolve."""
-    socket.setdefaulttimeout(timeout)
+def dns_canary(name: str, server: str, qname: str, tcp: bool, timeout: float) -> Result:
+    """A name the resolver behind the interception would answer must not resolve.
+
+    `qname` is a container on the step network: Docker's embedded DNS (127.0.0.11)
+    answers it. Intercepted, the query goes to the gateway, which refuses it.
+    """
+    from dnslib import QTYPE, DNSRecord  # the runtime image's python3-dnslib
+
+    target = f"{qname} via {server}/{'tcp' if tcp else 'udp'}"
+    check = {"dns_name": qname.rstrip(".").lower()}
     try:
-        infos = socket.getaddrinfo(name, 80, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        return _result("dns-denied", "dns", name, False, f"no answer: {exc}")
-    return _result("dns-denied", "dns", name, True, f"resolved to {infos[0][4][0]}")
+        raw = DNSRecord.question(qname, "A").send(server, 53, tcp=tcp, timeout=timeout)
+        reply = DNSRecord.parse(raw)
+    except Exception as exc:  # timeouts, resets, garbage: nothing came back to use
+        return _result(name, "dns", target, False, f"no answer: {type(exc).__name__}: {exc}",
+                       "dns", **check)
+    addresses = [str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A]
+    if addresses:
+        return _result(name, "dns", target, True, f"resolved to {', '.join(addresses)}",
+                       "dns", **check)
+    return _result(name, "dns", target, False,
+                   f"no address (rcode {reply.header.rcode})", "dns", **check)
 
 
 def tcp(name: str, ip: str, port: int, timeout: float, relayed: bool) -> Result:
-    """Connect and speak; only bytes back or a reset from the far side count as reached."""
+    """Connect and speak; only bytes back or a reset from the far side count as reached.
+
+    No Host header and no name: the relay has to ask the gateway for the address
+    itself (CONNECT ip:port), so the gateway's judgement of the address is tested.
+    """
     target = f"{ip}:{port}"
+    how = "relayed" if relayed else "direct"
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
+        # Bound first, so the source port is known even if the connect fails.
+        s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        check: dict[str, Any] = {"src_port": s.getsockname()[1], "dst_ip": ip,
+                                 "dst_port": port} if relayed else {}
         try:
             s.connect((ip, port))
         except ConnectionRefusedError:
-            # Nothing in the sandbox refuses: a refusal came from the destination.
-            return _result(name, "tcp", target, not relayed, "connection refused")
+            # The relay accepts everything: a refusal came from a real far side.
+            return _result(name, "tcp", target, True, "connection refused", how, **check)
         except OSError as exc:
-            return _result(name, "tcp", target, False, f"no connection: {exc}")
+            return _result(name, "tcp", target, False, f"no connection: {exc}", how, **check)
         if relayed:
             # The relay resets the connection only once the gateway has judged (and
             # recorded) it. Wait for that verdict: a probe that gave up early would leave
             # its decision to arrive after step_started, counted as the step's own traffic.
             s.settimeout(max(timeout, VERDICT_WAIT))
         try:
-            s.sendall(b"GET / HTTP/1.0\r\nHost: sbx-probe\r\n\r\n")
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
             data = s.recv(64)
         except OSError as exc:
-            return _result(name, "tcp", target, False, f"reset or silent: {exc}")
+            return _result(name, "tcp", target, False, f"reset or silent: {exc}", how, **check)
         if data:
-            return _result(name, "tcp", target, True, f"answered {data[:16]!r}")
-        return _result(name, "tcp", target, False, "closed without data")
+            return _result(name, "tcp", target, True, f"answered {data[:16]!r}", how, **check)
+        return _result(name, "tcp", target, False, "closed without data", how, **check)
 
 
 def udp(name: str, ip: str, port: int, timeout: float) -> Result:
@@ -82,10 +131,10 @@ def udp(name: str, ip: str, port: int, timeout: float) -> Result:
             s.send(b"sbx-probe")
             s.recv(64)
         except ConnectionRefusedError:
-            return _result(name, "udp", target, True, "ICMP port unreachable came back")
+            return _result(name, "udp", target, True, "ICMP port unreachable came back", "udp")
         except OSError as exc:
-            return _result(name, "udp", target, False, f"no answer: {exc}")
-    return _result(name, "udp", target, True, "answered")
+            return _result(name, "udp", target, False, f"no answer: {exc}", "udp")
+    return _result(name, "udp", target, True, "answered", "udp")
 
 
 def icmp(name: str, ip: str, timeout: float) -> Result:
@@ -96,7 +145,7 @@ def icmp(name: str, ip: str, timeout: float) -> Result:
     try:
         s = socket.socket(family, socket.SOCK_DGRAM, proto)
     except OSError as exc:
-        return _result(name, "icmp", ip, False, f"cannot open an ICMP socket: {exc}")
+        return _result(name, "icmp", ip, False, f"cannot open an ICMP socket: {exc}", "icmp")
     with s:
         s.settimeout(timeout)
         packet = struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, 0, 1) + b"sbx-probe"
@@ -104,28 +153,46 @@ def icmp(name: str, ip: str, timeout: float) -> Result:
             s.sendto(packet, (ip, 0))
             s.recv(64)
         except OSError as exc:
-            return _result(name, "icmp", ip, False, f"no reply: {exc}")
-    return _result(name, "icmp", ip, True, "echo reply")
+            return _result(name, "icmp", ip, False, f"no reply: {exc}", "icmp")
+    return _result(name, "icmp", ip, True, "echo reply", "icmp")
 
 
 def proxy_internal(proxy: str, target: str, timeout: float) -> Result:
-    """The gateway, used as an explicit proxy, must refuse an internal address."""
+    """The gateway, used as an explicit proxy, must refuse an internal address as such."""
     host, _, port = proxy.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout) as s:
+    dst_ip, _, dst_port = target.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # The gateway is there to answer: a timeout would be taken as reached (fail closed),
+        # so a loaded machine gets the verdict wait, not the probe timeout.
+        s.settimeout(max(timeout, VERDICT_WAIT))
+        s.bind(("0.0.0.0", 0))
+        check = {"src_port": s.getsockname()[1], "dst_ip": dst_ip, "dst_port": int(dst_port)}
+        try:
+            s.connect((host, int(port)))
             s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
             head = s.recv(256)
-    except OSError as exc:
-        return _result("proxy-internal", "tcp", target, False, f"proxy unreachable: {exc}")
+        except OSError as exc:
+            return _result("proxy-internal", "tcp", target, False, f"proxy unreachable: {exc}",
+                           "proxy", **check)
     status = head.split(b"\r\n", 1)[0].decode("latin-1")
-    return _result("proxy-internal", "tcp", target, b" 200 " in head[:16], status)
+    return _result("proxy-internal", "tcp", target, b" 200 " in head[:16], status or "no reply",
+                   "proxy", **check)
 
 
 def plan(cfg: dict[str, Any]) -> list[Callable[[], Result]]:
     """The probes for one sandbox, from the orchestrator's description of it."""
     t = float(cfg.get("timeout", 1.0))
-    denied = f"sbx-probe-{secrets.token_hex(6)}.invalid"
-    probes: list[Callable[[], Result]] = [partial(dns_denied, denied, t)]
+    probes: list[Callable[[], Result]] = []
+    # Docker's embedded DNS answers these names (containers on the step network): only
+    # interception keeps the answer away. One over UDP, one over TCP, each its own name
+    # so the gateway's record of each query can be told apart.
+    canaries = cfg.get("dns_canaries", {})
+    if canaries.get("udp"):
+        probes.append(partial(dns_canary, "dns-canary-udp", "127.0.0.11", canaries["udp"],
+                              False, t))
+    if canaries.get("tcp"):
+        probes.append(partial(dns_canary, "dns-canary-tcp", "127.0.0.11", canaries["tcp"],
+                              True, t))
     for ip in cfg.get("egress_ips", []):
         probes += [partial(tcp, "egress-raw-ip", ip, 80, t, relayed=True),
                    partial(udp, "egress-udp", ip, 33434, t),
@@ -161,16 +228,18 @@ def main() -> None:
         try:
             results[i] = probes[i]()
         except Exception as exc:  # a probe that crashed proves nothing: count it as reached
-            results[i] = _result(f"probe-{i}", "error", "", True, f"{type(exc).__name__}: {exc}")
+            results[i] = _result(f"probe-{i}", "error", "", True, f"{type(exc).__name__}: {exc}",
+                                 "error")
 
     threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(len(probes))]
     for th in threads:
         th.start()
-    # A resolver that never answers can stall getaddrinfo for many seconds: bound the wait.
     deadline = time.monotonic() + max(float(cfg.get("timeout", 1.0)), VERDICT_WAIT) + 4
     for th in threads:
         th.join(max(0.0, deadline - time.monotonic()))
-    final = [r if r is not None else _result(f"probe-{i}", "timeout", "", False, "no verdict")
+    # A probe still going proves nothing either: fail closed.
+    final = [r if r is not None else _result(f"probe-{i}", "timeout", "", True, "no verdict",
+                                             "error")
              for i, r in enumerate(results)]
     json.dump({"uid": os.getuid(), "probes": final}, sys.stdout)
     sys.stdout.write("\n")

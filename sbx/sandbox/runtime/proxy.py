@@ -24,6 +24,9 @@ class _Flow:
 class Proxy(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog is 5: a burst of connections (a parallel build, or the
+    # probes' two dozen at once) overflowed it, and dropped SYNs wait a second to retry.
+    request_queue_size = 512
     gate: Gate
     flows: dict[int, _Flow]
     flows_lock: threading.Lock
@@ -74,7 +77,7 @@ class ProxyHandler(socketserver.BaseRequestHandler):
             request_line, *header_lines = head.decode("latin-1").split("\r\n")
             method, target, version = request_line.split(" ", 2)
         except (ValueError, OSError, UnicodeDecodeError) as exc:
-            emit_refusal(gate.step, f"bad request: {exc}")
+            emit_refusal(gate.step, f"bad request: {exc}", src_port=self.client_address[1])
             self._answer("400 Bad Request", f"sbx gateway: {exc}")
             return
         headers = [h for h in header_lines if h]
@@ -83,6 +86,7 @@ class ProxyHandler(socketserver.BaseRequestHandler):
         # put a made-up original destination into the evidence.
         relayed = gate.relay_token != "" and values.get("x-sbx-relay") == gate.relay_token
         orig = values.get("x-sbx-orig-dst") if relayed else None
+        src_port = values.get("x-sbx-orig-src-port", "") if relayed else str(self.client_address[1])
         try:
             if method.upper() == "CONNECT":
                 host, port = _split_host_port(target, 443)
@@ -98,14 +102,11 @@ class ProxyHandler(socketserver.BaseRequestHandler):
                 forward = ("\r\n".join([f"{method} /{path} {version}", *kept])
                            + "\r\n\r\n").encode("latin-1") + rest
             else:
-                emit_refusal(gate.step, "bad request: not CONNECT nor an absolute http:// URL",
-                             method=method)
-                self._answer("400 Bad Request",
-                             "sbx gateway: use CONNECT or an absolute http:// URL")
-                return
+                raise ValueError("not a proxy request: use CONNECT or an absolute http:// URL")
         except ValueError as exc:
             emit("tcp", step=gate.step, verdict="denied", reason=f"bad request: {exc}",
-                 via="proxy", method=method.upper()[:16], violation=True)
+                 via="proxy", method=method.upper()[:16], src_port=self.client_address[1],
+                 violation=True)
             self._answer("400 Bad Request", f"sbx gateway: {exc}")
             return
         decision = gate.decide_name(host, port)
@@ -115,7 +116,9 @@ class ProxyHandler(socketserver.BaseRequestHandler):
             "dst_ip": orig_ip.strip("[]") or (host if _is_ip(host) else None),
             "dst_port": int(orig_port) if orig_port.isdigit() else port,
             "via": "relay" if orig else "proxy", "method": method.upper(),
+            "src_port": int(src_port) if src_port.isdigit() else None,
             "verdict": decision.verdict, "reason": decision.reason,
+            "internal": decision.internal or None,
             "violation": decision.verdict in ("audit", "denied") or None,
             **rule_fields(decision.rule),
         }
@@ -176,10 +179,11 @@ def emit_close(flow: _Flow) -> None:
     emit("tcp", phase="close", bytes_out=flow.counts[0], bytes_in=flow.counts[1], **flow.fields)
 
 
-def emit_refusal(step: str, reason: str, method: str | None = None) -> None:
+def emit_refusal(step: str, reason: str, method: str | None = None,
+                 src_port: int | None = None) -> None:
     """A request the proxy could not even read is a denial on record, like any other."""
     emit("tcp", step=step, verdict="denied", reason=reason[:200], via="proxy",
-         method=method.upper()[:16] if method else None, violation=True)
+         method=method.upper()[:16] if method else None, src_port=src_port, violation=True)
 
 
 def _is_ip(host: str) -> bool:

@@ -28,10 +28,16 @@ def needs_more(data: bytes) -> bool:
 
 
 def tls_sni(data: bytes) -> str | None:
-    """The server_name of a TLS ClientHello, or None."""
+    """The server_name of a TLS ClientHello in its first record, or None.
+
+    Only the first record is read: a hello split over records has another record's
+    header inside it, which read as hello bytes gave a wrong name (found by the
+    split-hello property test). A name that is not whole in the first record is None.
+    """
     try:
         if data[0] != 0x16 or data[5] != 0x01:
             return None
+        data = data[: 5 + struct.unpack("!H", data[3:5])[0]]
         pos = 9 + 2 + 32  # record header, handshake header, client version, random
         pos += 1 + data[pos]  # session id
         (n,) = struct.unpack("!H", data[pos : pos + 2])

@@ -20,6 +20,7 @@ from sbx.attest.verify.verifier import verify_run
 from sbx.errors import EXIT_FAILED, EXIT_OK
 from sbx.pipelines.cli import main
 from sbx.pipelines.run.records import parse_time
+from sbx.sandbox.archive import pack_files
 from tests.conftest import Internet
 
 pytestmark = pytest.mark.docker
@@ -83,6 +84,10 @@ def test_three_steps_with_a_parallel_pair_hand_off_by_digest_and_verify(
     for name in s:
         peers = s[name]["peer_probes"]
         assert peers and all(p["blocked"] for p in peers), (name, peers)
+        # Judged on the address: the step's own gateway refused each peer as internal.
+        for p in peers:
+            if p["kind"] == "tcp":
+                assert "refused the address as internal" in p["detail"], p
         targets = {p["target"].split(":")[0] for p in peers}
         others = {str(n) for n in s if n != name}
         assert len(targets) == 2 * len(others)
@@ -92,8 +97,31 @@ def test_three_steps_with_a_parallel_pair_hand_off_by_digest_and_verify(
     assert _verify(out, signing_key) == {}
 
 
+def _drop_file(client: docker.DockerClient, step: str, name: str) -> None:
+    """Put /tmp/<name> into `step`'s running container once it runs: a signal to a step
+    that waits for it (steps have no other way to hear from the test)."""
+    container = _wait_for(lambda: client.api.containers(filters={
+        "label": [f"sbx.step={step}", "sbx.role=step"], "status": "running"}))[0]
+    client.api.put_archive(container["Id"], "/tmp", pack_files({name: b""}))
+
+
+def _wait_for(probe: Any, limit: float = 120.0) -> Any:
+    """Poll `probe()` until it returns something truthy (a hang guard, not a timing)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError("gave up waiting")
+
+
+WAIT_FOR = "while [ ! -e /tmp/{0} ]; do sleep 0.1; done"
+
+
 def test_a_step_cannot_reach_its_sibling_by_address_or_name(
         tmp_path: Path, internet: Internet, docker_client: docker.DockerClient) -> None:
+    # No Host header and no name: the relay asks the gateway for the sibling's address.
     attack = r"""
 import json, socket
 addrs = open("sibling.txt").read().split()
@@ -101,8 +129,9 @@ results = {}
 for ip in addrs:
     for port in (80, 3128, 15001, 15353):
         try:
-            with socket.create_connection((ip, port), timeout=2) as s:
-                s.sendall(b"GET / HTTP/1.0\r\nHost: victim\r\n\r\n")
+            with socket.create_connection((ip, port), timeout=15) as s:
+                s.settimeout(15)
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
                 data = s.recv(64)
             results[f"{ip}:{port}"] = "reached" if data else "silent"
         except OSError as exc:
@@ -116,9 +145,12 @@ import os
 os.makedirs("out", exist_ok=True)
 json.dump(results, open("out/result.json", "w"))
 """
+    # The victim serves until the attacker is done; the gate holds the attacker back until
+    # the test has learned the victim's addresses. Both wait on files the test drops in.
     steps = {
-        "victim": {"image": IMAGE, "run": "python3 -m http.server 80 & sleep 20"},
-        "gate": {"image": IMAGE, "run": "sleep 6"},
+        "victim": {"image": IMAGE, "resources": {"timeout": 300},
+                   "run": "python3 -m http.server 80 & " + WAIT_FOR.format("attacker-done")},
+        "gate": {"image": IMAGE, "run": WAIT_FOR.format("go"), "resources": {"timeout": 300}},
         "attacker": {"image": IMAGE, "needs": ["gate"], "inputs": ["sibling.txt", "attack.py"],
                      "run": "python3 attack.py", "outputs": ["out/"]},
         "consumer": {"image": IMAGE, "inputs": [{"from": "attacker", "path": "out/"}],
@@ -126,30 +158,37 @@ json.dump(results, open("out/result.json", "w"))
     }
     ws = tmp_path / "ws"
     found: list[str] = []
+    errors: list[BaseException] = []
 
-    def learn_victim_addresses() -> None:
+    def victim_addresses() -> list[str]:
+        ips = [net["IPAddress"]
+               for c in docker_client.api.containers(filters={"label": ["sbx.step=victim"]})
+               if c["Labels"].get("sbx.role") in ("agent", "gateway")
+               for net in c["NetworkSettings"]["Networks"].values()
+               if net.get("IPAddress", "").startswith("10.222.")]
+        return ips if len(ips) == 2 else []
+
+    def spy() -> None:
         # The test, not the attacker, learns where the victim lives: sbx gives a step
-        # no way to know, and a real attacker could guess. The gate step holds the
-        # attacker back until the file is written.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not found:
-            for c in docker_client.api.containers(filters={"label": ["sbx.step=victim"]}):
-                if c["Labels"].get("sbx.role") in ("agent", "gateway"):
-                    for net in c["NetworkSettings"]["Networks"].values():
-                        if net.get("IPAddress", "").startswith("10.222."):
-                            found.append(net["IPAddress"])
-            if len(found) < 2:
-                found.clear()
-                time.sleep(0.2)
-        (ws / "sibling.txt").write_text("\n".join(found) + "\n")
+        # no way to know, and a real attacker could guess.
+        try:
+            found.extend(_wait_for(victim_addresses))
+            (ws / "sibling.txt").write_text("\n".join(found) + "\n")
+            _drop_file(docker_client, "gate", "go")
+            _wait_for(lambda: docker_client.api.containers(all=True, filters={
+                "label": ["sbx.step=attacker", "sbx.role=step"], "status": "exited"}))
+            _drop_file(docker_client, "victim", "attacker-done")
+        except BaseException as exc:
+            errors.append(exc)
 
     ws.mkdir()
     (ws / "sibling.txt").write_text("\n")
     (ws / "attack.py").write_text(attack)
-    spy = threading.Thread(target=learn_victim_addresses, daemon=True)
-    spy.start()
+    spy_thread = threading.Thread(target=spy, daemon=True)
+    spy_thread.start()
     code, record, out = _run(tmp_path, internet, steps)
-    spy.join(timeout=5)
+    spy_thread.join(timeout=30)
+    assert not errors, errors
     assert len(found) == 2, "the test could not learn the victim's addresses"
     s = record["steps"]
     assert s["victim"]["status"] == "succeeded" and s["attacker"]["exit_code"] == 0
@@ -157,12 +196,15 @@ json.dump(results, open("out/result.json", "w"))
     assert all(v.startswith("blocked") for v in results.values()), results
     assert {k.split(":")[0] for k in results if ":" in k} == set(found)
 
-    # Each attempt is on record as a denied event of the attacker.
+    # Each attempt is on record as a denied event of the attacker: its gateway refused
+    # the sibling's address itself (not merely for want of a rule).
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     begin = parse_time(s["attacker"]["step_started"])
     denied = [e for e in events if e.get("step") == "attacker" and e.get("verdict") == "denied"
               and parse_time(e["time"]) >= begin]
-    assert {e.get("dst_ip") for e in denied} >= set(found)
+    refused = {(e.get("dst_ip"), e.get("dst_port")) for e in denied
+               if e["kind"] == "tcp" and e.get("internal") is True}
+    assert refused >= {(ip, port) for ip in found for port in (80, 3128, 15001, 15353)}
     assert {"victim", "sbx-victim"} <= {e.get("name") for e in denied if e["kind"] == "dns"}
     # In enforce mode the attempts fail the attacker's step and the run.
     assert s["attacker"]["status"] == "failed" and code == EXIT_FAILED

@@ -67,6 +67,7 @@ def tcp(a: dict[str, Any]) -> Result:
         info = socket.getaddrinfo(a["host"], a["port"], type=socket.SOCK_STREAM)[0]
     except OSError as exc:
         return {"reached": False, "detail": f"does not resolve: {_err(exc)}"}
+    mine: Result = {}  # the connection's own source port: the gateway records it
     try:
         with socket.socket(info[0], socket.SOCK_STREAM) as s:
             if a.get("bind_device"):
@@ -74,17 +75,18 @@ def tcp(a: dict[str, Any]) -> Result:
                              a["bind_device"].encode())
             s.settimeout(a.get("timeout", 3))
             s.connect(info[4])
+            mine["src_port"] = s.getsockname()[1]
             data = b""
             for chunk in a.get("chunks", [payload]):
                 s.sendall(chunk.encode("latin-1") if isinstance(chunk, str) else chunk)
                 time.sleep(a.get("pause", 0))
             data = _read_all(s, a.get("read", 4096))
     except ConnectionRefusedError as exc:
-        return {"reached": True, "detail": f"refused by the far side: {exc}"}
+        return {"reached": True, "detail": f"refused by the far side: {exc}", **mine}
     except OSError as exc:
-        return {"reached": False, "detail": _err(exc)}
+        return {"reached": False, "detail": _err(exc), **mine}
     return {"reached": bool(data), "detail": repr(data[:120]),
-            "body": data.decode("latin-1")[:2000], "connected": str(info[4][0])}
+            "body": data.decode("latin-1")[:2000], "connected": str(info[4][0]), **mine}
 
 
 def _read_all(s: socket.socket, limit: int) -> bytes:
@@ -117,14 +119,16 @@ def tls(a: dict[str, Any]) -> Result:
         raw = socket.create_connection((a["host"], a["port"]), timeout=a.get("timeout", 4))
     except OSError as exc:
         return {"reached": False, "detail": _err(exc)}
+    mine = {"src_port": raw.getsockname()[1]}
     try:
         with _tls(raw, a.get("sni")) as s:
             s.sendall(request.format(name=a["name"], host=a.get("sni") or a["host"]).encode())
             data = _read_all(s, 4096)
     except OSError as exc:
         raw.close()
-        return {"reached": False, "detail": _err(exc)}
-    return {"reached": bool(data), "detail": repr(data[:120]), "body": data.decode("latin-1")}
+        return {"reached": False, "detail": _err(exc), **mine}
+    return {"reached": bool(data), "detail": repr(data[:120]), "body": data.decode("latin-1"),
+            **mine}
 
 
 # --------------------------------------------------------------------------- the explicit proxy
@@ -132,25 +136,28 @@ def tls(a: dict[str, Any]) -> Result:
 
 def proxy(a: dict[str, Any]) -> Result:
     """Send a raw request to the gateway's explicit proxy; reached means a 200 and data."""
+    mine: Result = {}
     try:
         with socket.create_connection((PROXY.hostname, PROXY.port), timeout=5) as s:
+            mine["src_port"] = s.getsockname()[1]
             s.sendall(a["request"].encode("utf-8", "surrogateescape"))
             if a.get("tunnel_tls") is not None:
                 head = _read_head(s)
                 if b" 200 " not in head[:16]:
-                    return {"reached": False, "detail": head.split(b"\r\n")[0].decode()}
+                    return {"reached": False, "detail": head.split(b"\r\n")[0].decode(),
+                            **mine}
                 t = a["tunnel_tls"]
                 with _tls(s, t.get("sni")) as inner:
                     inner.sendall(t["request"].encode())
                     data = _read_all(inner, 4096)
                 return {"reached": bool(data), "detail": repr(data[:120]),
-                        "body": data.decode("latin-1")}
+                        "body": data.decode("latin-1"), **mine}
             data = _read_all(s, 4096)
     except OSError as exc:
-        return {"reached": False, "detail": _err(exc)}
+        return {"reached": False, "detail": _err(exc), **mine}
     status = data.split(b"\r\n", 1)[0].decode("latin-1")
     ok = b" 200 " in data[:16]
-    return {"reached": ok, "detail": status, "body": data.decode("latin-1")[:2000]}
+    return {"reached": ok, "detail": status, "body": data.decode("latin-1")[:2000], **mine}
 
 
 def _read_head(s: socket.socket) -> bytes:

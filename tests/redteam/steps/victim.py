@@ -2,6 +2,10 @@
 neighbour might look, listens everywhere a neighbour might connect, and reports.
 
 Usage: python3 victim.py SECONDS OUT_JSON
+
+It writes `victim-ready` once everything is in place, and stays until a `stop-victim`
+file appears in its working directory (the test drops it in once the attacker is done);
+SECONDS only bounds a hang.
 """
 
 import json
@@ -55,7 +59,11 @@ def main() -> None:
     marker_process = subprocess.Popen(["sleep", "31.337"])
     report["marker_pid"] = marker_process.pid
     report["ready"] = time.time()
-    time.sleep(seconds)
+    Path("victim-ready").touch()
+    deadline = time.monotonic() + seconds
+    while not Path("stop-victim").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    report["stopped_by_test"] = Path("stop-victim").exists()
     report["ended"] = time.time()
     report["received"] = received
     out.parent.mkdir(parents=True, exist_ok=True)

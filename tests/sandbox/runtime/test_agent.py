@@ -177,12 +177,19 @@ def test_bridge_address_is_not_redirected_so_it_is_logged_and_dropped() -> None:
     assert filter_verdict(bridge) == "logged+DROP"
 
 
-@pytest.mark.parametrize("port", [3128, 53])
-def test_gateway_is_reached_directly_only_on_its_service_ports(port: int) -> None:
-    assert nat_action(Packet("tcp", CFG["gateway_ip"], 3128)) == "untouched"
-    assert filter_verdict(Packet("tcp", CFG["gateway_ip"], port)) == "ACCEPT"
-    assert filter_verdict(Packet("tcp", CFG["gateway_ip"], 22)) == "logged+DROP"
-    assert filter_verdict(Packet("udp", CFG["gateway_ip"], 53)) == "ACCEPT"
+@pytest.mark.parametrize(("proto", "port"), [("tcp", 3128), ("tcp", 53), ("udp", 53)])
+def test_gateway_is_reached_directly_on_its_service_ports(proto: str, port: int) -> None:
+    packet = Packet(proto, CFG["gateway_ip"], port)
+    assert nat_action(packet) == "untouched"
+    assert filter_verdict(packet) == "ACCEPT"
+
+
+@pytest.mark.parametrize(("proto", "port"), [("tcp", 22), ("tcp", 80), ("tcp", 15001),
+                                             ("udp", 3128), ("udp", 123)])
+def test_gateway_is_reached_on_no_other_port(proto: str, port: int) -> None:
+    packet = Packet(proto, CFG["gateway_ip"], port)
+    assert nat_action(packet) == "untouched"
+    assert filter_verdict(packet) == "logged+DROP"
 
 
 @pytest.mark.parametrize(

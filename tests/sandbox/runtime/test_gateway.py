@@ -533,24 +533,58 @@ def test_plain_http_is_forwarded_in_origin_form_without_proxy_headers(
     assert got == b"pong"
 
 
-@pytest.mark.parametrize("request_head", [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"garbage\r\n\r\n"])
-def test_requests_that_are_not_proxy_requests_get_400(
-    make_gate: GateFactory, upstream: Upstream, request_head: bytes
+@pytest.mark.parametrize(
+    "request_head",
+    [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"garbage\r\n\r\n", b"CONNECT example.com:443",
+     b"CONNECT example.com:https HTTP/1.1\r\n\r\n"],
+    ids=["origin-form", "garbage", "unfinished-head", "non-numeric-port"],
+)
+def test_requests_that_are_not_proxy_requests_get_400_and_are_recorded(
+    make_gate: GateFactory, upstream: Upstream, request_head: bytes,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """A refusal without a record would hide the attempt from the evidence."""
     got, _, errors = proxy(make_gate("example.com"), request_head, upstream)
     assert errors == []
     assert got.startswith(b"HTTP/1.1 400")
     assert upstream.connected == []
+    (event,) = events(capsys.readouterr().out)
+    assert event["kind"] == "tcp" and event["verdict"] == "denied"
+    assert event["violation"] is True and event["reason"].startswith("bad request")
+    assert event["src_port"] == 40000 and event["via"] == "proxy"
 
 
-def test_connect_with_a_non_numeric_port_gets_400(
-    make_gate: GateFactory, upstream: Upstream
+def test_a_relayed_refusal_of_an_internal_address_names_its_source_port(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    got, _, errors = proxy(
-        make_gate("example.com"), b"CONNECT example.com:https HTTP/1.1\r\n\r\n", upstream
-    )
-    assert errors == []
-    assert got.startswith(b"HTTP/1.1 400")
+    """The probes find their connection in the gateway's record by the source port, and
+    need the record to say the address was refused as internal, not for want of a rule."""
+    gate = make_gate("example.com", refused=("10.0.0.2/32",))
+    got, _, _ = proxy(gate, b"CONNECT 10.0.0.2:80 HTTP/1.1\r\nX-Sbx-Orig-Dst: 10.0.0.2:80\r\n"
+                      b"X-Sbx-Orig-Src-Port: 51234\r\nX-Sbx-Relay: relay-secret\r\n\r\n",
+                      upstream)
+    assert got.startswith(b"HTTP/1.1 403") and upstream.connected == []
+    (event,) = events(capsys.readouterr().out)
+    assert event["internal"] is True and event["src_port"] == 51234
+    assert (event["dst_ip"], event["dst_port"], event["via"]) == ("10.0.0.2", 80, "relay")
+
+
+def test_a_denial_for_want_of_a_rule_is_not_marked_internal(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proxy(make_gate("example.com"), b"CONNECT 198.51.100.50:80 HTTP/1.1\r\n\r\n", upstream)
+    (event,) = events(capsys.readouterr().out)
+    assert event["verdict"] == "denied" and "internal" not in event
+    assert event["src_port"] == 40000  # the proxy client's own port
+
+
+def test_a_step_cannot_claim_a_source_port_without_the_relay_token(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    proxy(make_gate("example.com"), b"CONNECT 10.1.1.1:80 HTTP/1.1\r\n"
+          b"X-Sbx-Orig-Src-Port: 51234\r\nX-Sbx-Relay: guessed\r\n\r\n", upstream)
+    (event,) = events(capsys.readouterr().out)
+    assert event["src_port"] == 40000 and event["internal"] is True
 
 
 def test_a_step_cannot_pose_as_the_relay_without_its_token(

@@ -80,7 +80,8 @@ class SandboxObjects:
         # the probes' DNS canaries. Short, random labels: container names can pass 63 bytes.
         self.dns_canaries = {proto: f"sbx-canary-{secrets.token_hex(6)}"
                              for proto in ("udp", "tcp")}
-        self._probe_record: GatewayRecord | None = None  # the gateway's events while probing
+        self._probe_record: GatewayRecord | None = None  # the runtime's events while probing
+        self.fenced = False  # the probes' fence came back: nothing of theirs is still coming
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:

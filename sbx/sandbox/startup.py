@@ -171,8 +171,8 @@ class RuntimeStart(Recorder):
                 return  # liveness, not a record: only the last beat's counters are kept
         self._itemized_by_firewall(event)
         record = self._probe_record
-        if role == "gateway" and record is not None:
-            record.add(event)
+        if record is not None:
+            record.add(event, role)
         if event.get("kind") == role:
             if event.get("phase") == "ready":
                 if role == "agent":

@@ -61,7 +61,7 @@ class Teardown(Recorder):
                     self.faults.append(f"could not remove the {role}: {exc}")
 
         with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(remove, ("step", "probe", "agent", "gateway")))
+            list(pool.map(remove, ("step", "agent", "gateway")))
         try:
             remove_by_label(self.client, {L.RUN: self.run_id, L.STEP: self.step.name})
         except ENGINE_ERRORS as exc:

@@ -1,10 +1,11 @@
 """Running the steps of a run: one worker thread per step, each in its own sandbox.
 
-Every sandbox is prepared at once, so later steps' networks, gateways and agents
-come up while earlier steps run. Once all are up, each step probes from inside
-its own namespace, including every other live step's addresses (peer probes),
-then waits for the steps it needs. A step whose need did not succeed is skipped.
-Hand-offs come from the run's content-addressed store, re-hashed on the way in.
+Every step's sandbox is prepared as soon as one of PREPARE_SLOTS is free, so later
+steps' networks, gateways and agents come up while earlier steps run. Each step then
+probes from inside its own namespace, including its live neighbours' addresses (peer
+probes, see `sbx.pipelines.run.peers`), then waits for the steps it needs. A step whose need
+did not succeed is skipped. Hand-offs come from the run's content-addressed store,
+re-hashed on the way in.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from sbx.errors import EXIT_FAILED, SbxError, is_disk_failure, run_dir_failure
 from sbx.pipelines.report.alerts import WebhookAlerter
 from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run.evidence import workspace_materials
-from sbx.pipelines.run.records import FLOW_VERDICTS, EventLog, Masker, parse_time, write_json
+from sbx.pipelines.run.peers import neighbours
+from sbx.pipelines.run.records import FLOW_VERDICTS, EventLog, Masker, parse_time
 from sbx.pipelines.spec.pipeline import PlannedStep
 from sbx.sandbox.archive import OutputFile
 from sbx.sandbox.config import ProbeResult, SandboxFacts, StepConfig
@@ -33,6 +35,9 @@ from sbx.sandbox.engine import is_unreachable, lost
 from sbx.sandbox.sandbox import Sandbox, SandboxFailure, utcnow
 
 STORE = "store/sha256"
+# Sandboxes prepared at once: two containers and two networks each, through one engine.
+# More only queue inside the engine and slow every step's start alike.
+PREPARE_SLOTS = 4
 FINAL = frozenset({"succeeded", "failed", "timeout", "blocked", "skipped", "error"})
 
 
@@ -92,6 +97,8 @@ class Executor:
     alerter: WebhookAlerter | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _prepare_slots: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(PREPARE_SLOTS))
 
     def start(self) -> list[threading.Thread]:
         """One worker per step, started at once."""
@@ -182,16 +189,24 @@ class Executor:
             st.record["image"]["id"] = st.sandbox.image_digest()
         self.view.phase(st.name, "preparing the sandbox (network, gateway, agent)")
         try:
-            st.sandbox.prepare()
+            with st.sandbox.timed("prepare_wait"):
+                self._prepare_slots.acquire()
+            try:
+                if self.cancelled.is_set():
+                    raise SandboxFailure("cancelled")
+                st.sandbox.prepare()
+            finally:
+                self._prepare_slots.release()
         finally:
             st.prepared.set()
 
+    def _live(self, other: StepState) -> bool:
+        other.prepared.wait()
+        return other.sandbox.network is not None and not other.done.is_set()
+
     def _peer_ips(self, st: StepState) -> list[str]:
         peers = []
-        for other in self.steps.values():
-            if other is st:
-                continue
-            other.prepared.wait()
+        for other in neighbours(list(self.steps.values()), st, self._live):
             net = other.sandbox.network
             if net is not None and not other.done.is_set():
                 peers += [net.gateway_ip, net.agent_ip]
@@ -220,7 +235,8 @@ class Executor:
                 f"{p.name} {p.target} ({p.detail})" for p in leaks))
         self.view.phase(st.name, f"{len(results)} probes blocked")
         with st.sandbox.timed("settle"):
-            self._settle(st)
+            if not st.sandbox.fenced:  # the fence did not come back: wait for quiet instead
+                self._settle(st)
 
     def _settle(self, st: StepState, quiet: float = 0.4, limit: float = 5.0) -> None:
         """Wait until the probes' last decisions have arrived.
@@ -419,30 +435,3 @@ def _probe_dict(p: ProbeResult) -> dict[str, Any]:
 
 def _output_dict(o: OutputFile) -> dict[str, Any]:
     return {"path": o.path, "sha256": o.sha256, "size": o.size}
-
-
-class RecordWriter:
-    """Rewrites run.json atomically; a full disk is remembered, never raised mid-run.
-
-    The run goes on (and cleans up) when run.json cannot be replaced: the last
-    complete version stays on disk, and `error` tells the run to exit 3 at its end.
-    """
-
-    def __init__(self, path: Path, record: dict[str, Any]) -> None:
-        self.path = path
-        self.record = record
-        self.error: OSError | None = None
-
-    def __call__(self) -> None:
-        try:
-            write_json(self.path, self.record)
-        except OSError as exc:
-            if not is_disk_failure(exc):
-                raise
-            self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
-            self.error = self.error or exc
-
-
-def write_record(path: Path, record: dict[str, Any]) -> RecordWriter:
-    """A saver that rewrites run.json atomically."""
-    return RecordWriter(path, record)

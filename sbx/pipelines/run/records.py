@@ -17,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sbx.errors import is_disk_failure
+
 EventListener = Callable[[dict[str, Any]], None]
 FLOW_VERDICTS = ("allowed", "audit", "denied", "failed")
 
@@ -249,3 +251,30 @@ def is_decision(event: dict[str, Any]) -> bool:
     """An egress decision, as opposed to lifecycle, probe or flow-close events."""
     return (event.get("kind") in ("dns", "tcp", "udp", "icmp", "ipv6", "sctp", "icmpv6")
             and event.get("phase") != "close" and "verdict" in event)
+
+
+class RecordWriter:
+    """Rewrites run.json atomically; a full disk is remembered, never raised mid-run.
+
+    The run goes on (and cleans up) when run.json cannot be replaced: the last
+    complete version stays on disk, and `error` tells the run to exit 3 at its end.
+    """
+
+    def __init__(self, path: Path, record: dict[str, Any]) -> None:
+        self.path = path
+        self.record = record
+        self.error: OSError | None = None
+
+    def __call__(self) -> None:
+        try:
+            write_json(self.path, self.record)
+        except OSError as exc:
+            if not is_disk_failure(exc):
+                raise
+            self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
+            self.error = self.error or exc
+
+
+def write_record(path: Path, record: dict[str, Any]) -> RecordWriter:
+    """A saver that rewrites run.json atomically."""
+    return RecordWriter(path, record)

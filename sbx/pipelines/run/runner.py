@@ -41,9 +41,9 @@ from sbx.pipelines.report.alerts import WebhookAlerter, WebhookOptions
 from sbx.pipelines.report.ci import write_codequality, write_junit
 from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run import evidence as ev
-from sbx.pipelines.run.executor import Executor, StepState, step_record, write_record
+from sbx.pipelines.run.executor import Executor, StepState, step_record
 from sbx.pipelines.run.pulls import resolve_step_images
-from sbx.pipelines.run.records import EventListener, EventLog, Masker, read_events
+from sbx.pipelines.run.records import EventListener, EventLog, Masker, read_events, write_record
 from sbx.pipelines.run.step_job import (
     JobOptions,
     fresh_pipeline_id,

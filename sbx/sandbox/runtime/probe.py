@@ -36,9 +36,11 @@ REACHED_IF = {
     "relayed": "bytes came back, the connection was refused (the relay always accepts, so a "
                "refusal means interception is missing), or the gateway's record of this "
                "connection is anything but a refusal of an internal address (or is missing)",
-    "direct": "bytes came back or the far side refused the connection",
-    "udp": "a reply or an ICMP port-unreachable came back",
-    "icmp": "an echo reply came back",
+    "direct": "bytes came back, the far side refused the connection, or the sandbox "
+              "firewall has no record of dropping it",
+    "udp": "a reply or an ICMP port-unreachable came back, or the sandbox firewall has no "
+           "record of dropping it",
+    "icmp": "an echo reply came back, or the sandbox firewall has no record of dropping it",
     "proxy": "the gateway answered 200, or its record of this connection is anything but a "
              "refusal of an internal address (or is missing)",
     "error": "always: a probe that crashed or gave no verdict proves nothing",
@@ -54,6 +56,41 @@ def _result(name: str, kind: str, target: str, reached: bool, detail: str,
                    "detail": detail, "reached_if": REACHED_IF[how]}
     if check:
         out["check"] = check
+    return out
+
+
+def _drop(protocol: str, ip: str, port: int | None) -> dict[str, Any]:
+    """The check for a probe whose packet the sandbox firewall must drop (and record).
+
+    A silently dropped packet looks like a slow answer; the firewall's record of
+    dropping exactly this packet is what tells them apart, so the probe need only wait
+    a local round trip for an answer that would prove the drop rule missing.
+    """
+    return {"drop": {"protocol": protocol, "dst_ip": ip, "dst_port": port}}
+
+
+def fence(ip: str, port: int) -> dict[str, Any]:
+    """Send the fence: one datagram the firewall drops and records after every probe.
+
+    The firewall's records reach the orchestrator in order (one NFLOG queue, read by
+    one thread), so once the fence's record is in, every earlier drop record is too.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(b"sbx-fence", (ip, port))
+        except OSError:
+            pass  # the orchestrator then waits for a record that never comes: no fence
+    return {"protocol": "udp", "dst_ip": ip, "dst_port": port}
+
+
+def identity() -> dict[str, Any]:
+    """Who the probes ran as: uid, gid and the capability sets (all must be empty)."""
+    out: dict[str, Any] = {"uid": os.getuid(), "gid": os.getgid()}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key.startswith("Cap") or key == "NoNewPrivs":
+                out[key] = value.strip()
     return out
 
 
@@ -95,7 +132,7 @@ def tcp(name: str, ip: str, port: int, timeout: float, relayed: bool) -> Result:
         # Bound first, so the source port is known even if the connect fails.
         s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
         check: dict[str, Any] = {"src_port": s.getsockname()[1], "dst_ip": ip,
-                                 "dst_port": port} if relayed else {}
+                                 "dst_port": port} if relayed else _drop("tcp", ip, port)
         try:
             s.connect((ip, port))
         except ConnectionRefusedError:
@@ -133,7 +170,8 @@ def udp(name: str, ip: str, port: int, timeout: float) -> Result:
         except ConnectionRefusedError:
             return _result(name, "udp", target, True, "ICMP port unreachable came back", "udp")
         except OSError as exc:
-            return _result(name, "udp", target, False, f"no answer: {exc}", "udp")
+            return _result(name, "udp", target, False, f"no answer: {exc}", "udp",
+                           **_drop("udp", ip, port))
     return _result(name, "udp", target, True, "answered", "udp")
 
 
@@ -153,7 +191,8 @@ def icmp(name: str, ip: str, timeout: float) -> Result:
             s.sendto(packet, (ip, 0))
             s.recv(64)
         except OSError as exc:
-            return _result(name, "icmp", ip, False, f"no reply: {exc}", "icmp")
+            return _result(name, "icmp", ip, False, f"no reply: {exc}", "icmp",
+                           **_drop("icmpv6" if v6 else "icmp", ip, None))
     return _result(name, "icmp", ip, True, "echo reply", "icmp")
 
 
@@ -241,7 +280,11 @@ def main() -> None:
     final = [r if r is not None else _result(f"probe-{i}", "timeout", "", True, "no verdict",
                                              "error")
              for i, r in enumerate(results)]
-    json.dump({"uid": os.getuid(), "probes": final}, sys.stdout)
+    report: dict[str, Any] = {"uid": os.getuid(), "identity": identity(), "probes": final}
+    if cfg.get("fence"):
+        # Every probe has ended (or been given up on above): its packets are out.
+        report["fence"] = fence(cfg["fence"]["ip"], int(cfg["fence"]["port"]))
+    json.dump(report, sys.stdout)
     sys.stdout.write("\n")
 
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import secrets
 import socket
 import time
-
 from collections.abc import Callable
 
 import docker
 
+from bench.measure import BenchError
 from sbx.sandbox import labels as L
 from sbx.sandbox.archive import pack_files
 from sbx.sandbox.image_build import _build_debian_image, _DebianRecipe, _image_labels
@@ -62,7 +62,8 @@ def _wait_accepting(ip: str, port: int, limit: float = 30.0) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"squid did not accept on {ip}:{port} within {limit:.0f} s")
+                raise BenchError(
+                    f"squid did not accept on {ip}:{port} within {limit:.0f} s") from None
             time.sleep(0.02)
 
 
@@ -95,7 +96,7 @@ def squid_noop(client: docker.DockerClient, step_image: str,
         api.start(step)
         code = api.wait(step, timeout=120)["StatusCode"]
         if code != 0:
-            raise RuntimeError(f"the step in the Squid sandbox exited {code}")
+            raise BenchError(f"the step in the Squid sandbox exited {code}")
         api.remove_container(step, force=True)
         api.remove_container(squid, force=True)
         api.remove_network(internal)

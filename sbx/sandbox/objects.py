@@ -68,6 +68,7 @@ class SandboxObjects:
         self._ready = {role: threading.Event() for role in ("gateway", "agent")}
         self._failed: dict[str, str] = {}
         self._followers: list[threading.Thread] = []
+        self._follower_of: dict[str, threading.Thread] = {}  # role -> its output's follower
         self._closed = False  # the runtime is being stopped (stop())
         self._removed = False  # the objects are being removed (close())
         self.faults: list[str] = []

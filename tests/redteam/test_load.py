@@ -1,6 +1,6 @@
-"""Load: twelve steps side by side, each in its own sandbox, each probing its live ring
-neighbours (sbx.pipelines.run.peers): every network is probed from and at, every peer probe
-is blocked, every step succeeds, the evidence verifies, nothing is left."""
+"""Load: twelve steps side by side, each in its own sandbox, each probing its nearest live
+neighbour on each side (sbx.pipelines.run.peers): every network is probed from and at, every
+peer probe is blocked, every step succeeds, the evidence verifies, nothing is left."""
 
 from __future__ import annotations
 
@@ -52,8 +52,9 @@ def test_twelve_parallel_steps_cannot_reach_each_other(
     ws = tmp_path / "ws"
     ws.mkdir()
     # Each step holds until the test has seen all twelve commands start (so every step's
-    # probes are done while all the others are still live): every step probes its two ring
-    # neighbours, however the machine schedules them. The test releases them by dropping /tmp/go in.
+    # probes are done while all the others are still live): every step probes its
+    # neighbours in run order, however the machine schedules them. The test releases
+    # them by dropping /tmp/go in.
     steps = {f"s{i:02d}": {"image": "sbx-step:bookworm", "outputs": ["who.txt"],
                            "resources": {"timeout": 300},
                            "run": "while [ ! -e /tmp/go ]; do sleep 0.1; done; "
@@ -79,24 +80,25 @@ def test_twelve_parallel_steps_cannot_reach_each_other(
     nets = [ipaddress.ip_network(st["docker"]["subnet"]) for st in s.values()]
     assert len({st["docker"]["network"] for st in s.values()}) == STEPS
     assert all(not a.overlaps(b) for i, a in enumerate(nets) for b in nets[i + 1:])
-    # Each step probed its two ring neighbours (their gateway and agent, every probe
-    # kind), so every network was probed from and at: all blocked.
+    # Each step probed its neighbours in run order (their gateway and agent, every probe
+    # kind), so every network was probed from and at: all blocked. 2(n-1) pairs, not n(n-1).
     names = sorted(s)
-    per_peer = {len(st["peer_probes"]) // 2 for st in s.values()}
+    per_peer = {len(s[n]["peer_probes"]) // (1 if n in (names[0], names[-1]) else 2)
+                for n in names}
     assert len(per_peer) == 1 and per_peer != {0}, per_peer
     probes = [p for st in s.values() for p in st["peer_probes"]]
-    assert len(probes) == STEPS * 2 * per_peer.pop()
+    assert len(probes) == 2 * (STEPS - 1) * per_peer.pop()
     assert all(p["blocked"] for p in probes), [p for p in probes if not p["blocked"]]
     # ...on the address: each step's own gateway refused every peer as internal.
     assert all("refused the address as internal" in p["detail"]
                for p in probes if p["kind"] == "tcp"), probes[:4]
     for i, name in enumerate(names):
         hit = {ipaddress.ip_address(p["target"].split(":")[0]) for p in s[name]["peer_probes"]}
-        ring = {names[(i + 1) % STEPS], names[i - 1]}
+        near = set(names[max(0, i - 1):i] + names[i + 1:i + 2])
         for other, ost in s.items():
             inside = {ip for ip in hit if ip in ipaddress.ip_network(ost["docker"]["subnet"])}
             # Its neighbours' gateway and agent, nothing of its own or of anyone else.
-            assert len(inside) == (2 if other in ring else 0), (name, other, inside)
+            assert len(inside) == (2 if other in near else 0), (name, other, inside)
     failed = failed_checks(out, signing_key)
     assert failed == {}
     assert run_objects(docker_client, record["run_id"]) == []

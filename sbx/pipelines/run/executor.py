@@ -26,7 +26,7 @@ from sbx.errors import EXIT_FAILED, SbxError, is_disk_failure, run_dir_failure
 from sbx.pipelines.report.alerts import WebhookAlerter
 from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run.evidence import workspace_materials
-from sbx.pipelines.run.peers import neighbours
+from sbx.pipelines.run.peers import OrderedSlots, neighbours
 from sbx.pipelines.run.records import FLOW_VERDICTS, EventLog, Masker, parse_time
 from sbx.pipelines.spec.pipeline import PlannedStep
 from sbx.sandbox.archive import OutputFile
@@ -35,8 +35,8 @@ from sbx.sandbox.engine import is_unreachable, lost
 from sbx.sandbox.sandbox import Sandbox, SandboxFailure, utcnow
 
 STORE = "store/sha256"
-# Sandboxes prepared at once: two containers and two networks each, through one engine.
-# More only queue inside the engine and slow every step's start alike.
+# Sandboxes prepared at once (in run order): two containers and two networks each,
+# through one engine. More only queue inside the engine and slow every step alike.
 PREPARE_SLOTS = 4
 FINAL = frozenset({"succeeded", "failed", "timeout", "blocked", "skipped", "error"})
 
@@ -97,8 +97,7 @@ class Executor:
     alerter: WebhookAlerter | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _prepare_slots: threading.BoundedSemaphore = field(
-        default_factory=lambda: threading.BoundedSemaphore(PREPARE_SLOTS))
+    _prepare_slots: OrderedSlots = field(default_factory=lambda: OrderedSlots(PREPARE_SLOTS))
 
     def start(self) -> list[threading.Thread]:
         """One worker per step, started at once."""
@@ -182,22 +181,26 @@ class Executor:
             self._finish(st)
 
     def _prepare(self, st: StepState) -> None:
-        if st.error is not None:  # its image could not be had (runner._pull_images)
-            raise st.error
-        self._set(st, status="preparing", started=utcnow())
-        with st.sandbox.timed("image"):
-            st.record["image"]["id"] = st.sandbox.image_digest()
-        self.view.phase(st.name, "preparing the sandbox (network, gateway, agent)")
+        ticket = list(self.steps).index(st.name)
+        admitted = False
         try:
+            if st.error is not None:  # its image could not be had (runner._pull_images)
+                raise st.error
+            self._set(st, status="preparing", started=utcnow())
+            with st.sandbox.timed("image"):
+                st.record["image"]["id"] = st.sandbox.image_digest()
+            self.view.phase(st.name, "preparing the sandbox (network, gateway, agent)")
             with st.sandbox.timed("prepare_wait"):
-                self._prepare_slots.acquire()
+                admitted = self._prepare_slots.acquire(ticket, self.cancelled)
+            if not admitted:
+                raise SandboxFailure("cancelled")
             try:
-                if self.cancelled.is_set():
-                    raise SandboxFailure("cancelled")
                 st.sandbox.prepare()
             finally:
                 self._prepare_slots.release()
         finally:
+            if not admitted:  # this step will never prepare: the next in order may
+                self._prepare_slots.skip(ticket)
             st.prepared.set()
 
     def _live(self, other: StepState) -> bool:

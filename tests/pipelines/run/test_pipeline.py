@@ -77,7 +77,8 @@ def test_three_steps_with_a_parallel_pair_hand_off_by_digest_and_verify(
     for digest in produced.values():
         assert (out / "store/sha256" / digest).is_file()
 
-    # Every step had its own network; each probed the others and was blocked.
+    # Every step had its own network; each probed its neighbours in run order
+    # (sbx.pipelines.run.peers) and was blocked.
     networks = {s[n]["docker"]["network"] for n in s}
     subnets = {s[n]["docker"]["subnet"] for n in s}
     assert len(networks) == 3 and len(subnets) == 3
@@ -89,8 +90,10 @@ def test_three_steps_with_a_parallel_pair_hand_off_by_digest_and_verify(
             if p["kind"] == "tcp":
                 assert "refused the address as internal" in p["detail"], p
         targets = {p["target"].split(":")[0] for p in peers}
-        others = {str(n) for n in s if n != name}
-        assert len(targets) == 2 * len(others)
+        order = record["order"]
+        i = order.index(name)
+        near = order[max(0, i - 1):i] + order[i + 1:i + 2]
+        assert len(targets) == 2 * len(near), (name, targets)  # each one's gateway and agent
     assert not docker_client.api.containers(all=True, filters={
         "label": f"sbx.run={record['run_id']}"})
 

@@ -204,8 +204,10 @@ class Executor:
             st.prepared.set()
 
     def _live(self, other: StepState) -> bool:
-        other.prepared.wait()
-        return other.sandbox.network is not None and not other.done.is_set()
+        """Has a sandbox now and has not ended. Never waits: a neighbour still being
+        prepared probes this step itself once its own sandbox is up."""
+        return (other.prepared.is_set() and other.sandbox.network is not None
+                and not other.done.is_set())
 
     def _peer_ips(self, st: StepState) -> list[str]:
         peers = []

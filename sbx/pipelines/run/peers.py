@@ -3,13 +3,15 @@
 Peer probes are not made for every pair: what keeps two steps apart is per network,
 not per pair. Each step network is internal and on a subnet of its own, and every
 step's gateway refuses the whole step pool as internal; run.json's facts record
-`internal` and what is attached to each network. A step probes its nearest live
-neighbour on either side in run order, so each live network is tested both as the
-source and as the target of an attempt, and the proof grows with the number of steps,
-not with its square (24 steps: 46 pairs instead of 552).
+`internal` and what is attached to each network. A step probes the nearest step on
+each side in run order that has a sandbox at that moment and has not ended, so the
+proof grows with the number of steps, not with its square (24 steps: at most 46 pairs
+instead of 552).
 
-No wrap-around: the first step would otherwise wait for the last one's sandbox,
-and a chain's first link would start only once every sandbox exists.
+Nothing waits for a neighbour's sandbox: of two neighbours live at the same time, the
+one that probes second finds the other up and probes it, so every such pair is tested
+in at least one direction, and no step's start waits for a later step's preparation
+(the first link of a chain, or the last step of a wave of preparation).
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ T = TypeVar("T")
 
 
 def neighbours(order: Sequence[T], me: T, live: Callable[[T], bool]) -> list[T]:
-    """The nearest live step after `me` in `order`, and the nearest before it.
+    """The nearest live step after `me` in `order`, and the nearest before it (no wrap).
 
-    `live` may block (it waits for a step's sandbox to be prepared): it is asked only
-    about steps in order until a live one is found on each side.
+    `live` is asked only about steps in order until a live one is found on each side.
     """
     i = order.index(me)
     chosen: list[T] = []

@@ -74,3 +74,23 @@ def test_a_skipped_ticket_lets_the_next_one_in_and_cancel_returns() -> None:
     assert slots.acquire(2, cancelled) is False  # no slot free, the run is cancelled
     slots.release()
     assert slots.acquire(3)  # 2 gave its turn up when cancelled
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_whatever_order_sandboxes_come_up_in_every_neighbouring_pair_is_probed(
+        seed: int) -> None:
+    """Each step probes as soon as its own sandbox is up, seeing only those already up
+    (none has ended): every neighbouring pair is still tested in some direction."""
+    import random
+
+    n = 12
+    order = list(range(n))
+    up: set[int] = set()
+    pairs: set[tuple[int, int]] = set()
+    for step in random.Random(seed).sample(order, n):
+        up.add(step)
+        found = neighbours(order, step, up.__contains__)  # its own is never asked about
+        pairs |= {(step, p) for p in found}
+    assert len(pairs) <= 2 * (n - 1)
+    for i in range(n - 1):
+        assert (i, i + 1) in pairs or (i + 1, i) in pairs, (i, sorted(pairs))

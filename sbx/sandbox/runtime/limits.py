@@ -27,6 +27,9 @@ DNS_TCP_CONNECTIONS = 8
 DNS_UDP_WORKERS = 16
 # A DNS-over-TCP client that sends no complete message in this time is dropped.
 DNS_IDLE_TIMEOUT = 10.0
+# A connection whose destination only its first bytes can name waits this long for them
+# (no fallback to the address: past it, the flow is denied and recorded).
+FIRST_BYTES_WAIT = 30.0
 
 
 class Slots:

@@ -7,7 +7,6 @@ problem into a `SpecError` naming the file, line, dotted field and the fix.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import posixpath
 import re
@@ -15,7 +14,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from publicsuffixlist import PublicSuffixList
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -30,6 +28,7 @@ from pydantic import (
     field_validator,
 )
 
+from sbx.pipelines.spec.egress import AllowEntry, allow_rule
 from sbx.pipelines.spec.errors import _kind, to_spec_error
 from sbx.pipelines.spec.loader import LoadedDoc, load_yaml
 from sbx.sandbox import policy as pol
@@ -52,12 +51,6 @@ _GLOB_CHARS: Final = frozenset("*?[]")
 MIB: Final = 1024 * 1024
 MEMORY_MIN: Final = 6 * MIB  # Docker refuses less than 6 MiB.
 MEMORY_MAX: Final = 256 * 1024 * MIB
-
-
-@functools.cache
-def _psl() -> PublicSuffixList:
-    # The bundled list loads in tens of milliseconds; do it once, and only when needed.
-    return PublicSuffixList()
 
 
 # --------------------------------------------------------------------------- field checks
@@ -136,26 +129,11 @@ def _env_value(value: str) -> str:
     return value
 
 
-def check_allow_entry(value: str) -> str:
-    """Validate one allow entry: `policy.parse_rule` plus the host-side public-suffix check."""
-    try:
-        rule = pol.parse_rule(value)
-    except pol.PolicyError as exc:
-        raise ValueError(str(exc)) from None
-    if rule.suffix is not None and _psl().is_public(rule.suffix):
-        raise ValueError(
-            f"allow entry {value!r} covers every site under the public suffix {rule.suffix}; "
-            f"name one site, e.g. *.example.{rule.suffix}"
-        )
-    return value
-
-
 InputPath = Annotated[str, Field(strict=True), AfterValidator(_input_path)]
 OutputPath = Annotated[str, Field(strict=True), AfterValidator(_output_path)]
 ContainerPath = Annotated[str, Field(strict=True), AfterValidator(_check_container_path)]
 EnvName = Annotated[str, Field(strict=True), AfterValidator(_env_name)]
 EnvValue = Annotated[str, Field(strict=True), AfterValidator(_env_value)]
-AllowEntry = Annotated[str, Field(strict=True), AfterValidator(check_allow_entry)]
 
 
 def _run_value(value: Any) -> Any:
@@ -317,7 +295,7 @@ class StepSpec(_Model):
         for i, text in enumerate(self.egress.allow):
             line = self._allow_lines[i] if i < len(self._allow_lines) else None
             source = f"{file}:{line}" if file and line else file
-            rules.append(pol.parse_rule(text, source))
+            rules.append(allow_rule(text, source))
         return pol.Policy(mode=self.egress.mode.value, rules=tuple(rules))
 
 

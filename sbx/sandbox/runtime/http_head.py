@@ -20,8 +20,12 @@ _END: Final = b"\r\n\r\n"
 # Anything but TAB in C0, and DEL: no legitimate head carries them, and servers
 # disagree on what they mean (a header split, a truncated value).
 _CONTROL: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# LF without CR before it, or CR followed by anything but LF (a CR at the very end may
+# still get its LF).
+_BARE: Final = re.compile(rb"(?<!\r)\n|\r(?=[^\n])")
 # A request line's method: an HTTP token of letters (every registered method).
 _METHOD_PREFIX: Final = re.compile(rb"^[A-Z]{1,20}( |$)")
+_REQUEST_LINE: Final = re.compile(rb"[A-Z]{1,20} [^ ]+ HTTP/[0-9]\.[0-9]")
 
 
 class HeadError(ValueError):
@@ -51,9 +55,13 @@ class RequestHead:
 def head_end(data: bytes) -> int | None:
     """Length of the head (through its blank line) in `data`, or None while incomplete.
 
-    Raises `HeadError` when no head ends within MAX_HEAD bytes.
+    Raises `HeadError` when no head ends within MAX_HEAD bytes, or at once for a bare
+    LF or CR before its end (a head of bare LFs would otherwise never end).
     """
     index = data.find(_END)
+    scan = data[:index] if index >= 0 else data[:MAX_HEAD]
+    if _BARE.search(scan):
+        raise HeadError("bare CR or LF line end in the request head")
     if index >= 0 and index + len(_END) <= MAX_HEAD:
         return index + len(_END)
     if len(data) >= MAX_HEAD:
@@ -62,7 +70,11 @@ def head_end(data: bytes) -> int | None:
 
 
 def looks_like_http(data: bytes) -> bool:
-    """True when `data` starts like a request line (a method and a space), or could still."""
+    """True when `data` starts like a request line (a method and a space), or could still;
+    once the first line is whole, it must read ``METHOD target HTTP/x.y``."""
+    line, sep, _ = data.partition(b"\r\n")
+    if sep:
+        return bool(_REQUEST_LINE.fullmatch(line))
     return bool(_METHOD_PREFIX.match(data[:21]))
 
 
@@ -98,15 +110,17 @@ def host_name(value: str) -> str:
     """
     if "@" in value:
         raise HeadError("user info in an authority")
+    if not value:
+        raise HeadError("empty host")
     if value.startswith("["):
         inner, sep, rest = value[1:].partition("]")
-        if not sep or (rest and not _port_ok(rest)):
+        if not sep or not inner or (rest and not _port_ok(rest)):
             raise HeadError("malformed bracketed authority")
         return inner
     host, sep, port = value.rpartition(":")
     if not sep:
         return value
-    if not _port_ok(":" + port):
+    if not host or not _port_ok(":" + port):
         raise HeadError("malformed port in an authority")
     return host
 

@@ -94,21 +94,30 @@ def _tls(data: bytes) -> Reading | None:
         if len(data) < pos + 5 + length:
             if pos + 5 + length > MAX_FIRST:
                 raise _Refused(f"ClientHello records beyond {MAX_FIRST} bytes")
+            _check_header(handshake + data[pos + 5 :])  # refuse early, not at the bound
             return None
         handshake += data[pos + 5 : pos + 5 + length]
         pos += 5 + length
         if len(handshake) < 4:
             continue
-        if handshake[0] != 0x01:
-            raise _Refused("the first handshake message is not a ClientHello")
-        size = _u(handshake, 1, 3)
-        if size > MAX_HELLO:
-            raise _Refused(f"ClientHello of {size} bytes, beyond the {MAX_HELLO}-byte bound")
+        size = _check_header(handshake)
         if len(handshake) < 4 + size:
             continue
         if len(handshake) > 4 + size:
             raise _Refused("bytes after the ClientHello in its record")
         return _hello(bytes(handshake[4:]))
+
+
+def _check_header(handshake: bytes | bytearray) -> int:
+    """The ClientHello's length from its handshake header (0 while incomplete)."""
+    if handshake[:1] not in (b"", b"\x01"):
+        raise _Refused("the first handshake message is not a ClientHello")
+    if len(handshake) < 4:
+        return 0
+    size = _u(handshake, 1, 3)
+    if size > MAX_HELLO:
+        raise _Refused(f"ClientHello of {size} bytes, beyond the {MAX_HELLO}-byte bound")
+    return size
 
 
 def _vector(data: bytes, pos: int, width: int) -> tuple[bytes, int]:

@@ -112,17 +112,19 @@ class Gate:
             return Decision("denied", f"no rule allows {ip}:{port}")
         return None
 
+    def decide_ip(self, ip: str, port: int) -> Decision:
+        """The verdict on an address with no name at all (nothing more will come)."""
+        decision = self.decide_address(ip, port)
+        if decision is not None:
+            return decision
+        if self.policy.mode == "audit":
+            return Decision("audit", f"no rule allows {ip}:{port}", None, (ip,), nameless=True)
+        return Decision("denied", f"no rule allows {ip}:{port} by address")
+
     def decide_name(self, raw: str, port: int) -> Decision:
         """The verdict on a name (or an IP literal, judged by address alone)."""
         if is_ip(raw):
-            ip = raw.strip("[]")
-            decision = self.decide_address(ip, port)
-            if decision is not None:
-                return decision
-            if self.policy.mode == "audit":
-                return Decision("audit", f"no rule allows {ip}:{port}", None, (ip,),
-                                nameless=True)
-            return Decision("denied", f"no rule allows {ip}:{port} by address")
+            return self.decide_ip(raw.strip("[]"), port)
         try:
             name = normalize_name(raw)
         except PolicyError as exc:
@@ -165,8 +167,6 @@ class Gate:
             return pinned
         if reading.name is None:
             return self._nameless_denied(reading, ip or "", port)
-        if is_ip(reading.name):
-            return self.decide_name(reading.name, port)
         return self.decide_name(reading.name, port)
 
     def _nameless_denied(self, reading: Reading, where: str, port: int) -> Decision:

@@ -39,11 +39,11 @@ class RequestHead:
     method: str
     target: str
     version: str  # "1.0" or "1.1", as h11 read it
-    headers: tuple[tuple[str, str], ...]  # lower-case names, values as sent
+    headers: tuple[tuple[str, str], ...]  # names and values as sent (h11 strips whitespace)
 
     def get(self, name: str) -> list[str]:
-        """Every value of header `name` (lower case)."""
-        return [v for k, v in self.headers if k == name]
+        """Every value of header `name` (any case)."""
+        return [v for k, v in self.headers if k.lower() == name.lower()]
 
     @property
     def host(self) -> str | None:
@@ -95,9 +95,9 @@ def parse(head: bytes) -> RequestHead:
         raise HeadError(f"malformed request head: {exc}") from None
     if not isinstance(event, h11.Request):
         raise HeadError("incomplete request head")
-    headers = tuple((k.decode("latin-1").lower(), v.decode("latin-1"))
+    headers = tuple((k.decode("latin-1"), v.decode("latin-1"))
                     for k, v in event.headers.raw_items())
-    if sum(1 for k, _ in headers if k == "host") > 1:
+    if sum(1 for k, _ in headers if k.lower() == "host") > 1:
         raise HeadError("several Host headers")  # h11 refuses this too; kept explicit
     return RequestHead(method=event.method.decode("ascii"), target=event.target.decode("latin-1"),
                        version=event.http_version.decode("ascii"), headers=headers)
@@ -132,10 +132,10 @@ def _port_ok(text: str) -> bool:
 def rebuild(head: RequestHead, target: str, drop: tuple[str, ...] = ()) -> bytes:
     """The request head to send upstream: origin-form `target`, h11's version, parsed headers.
 
-    Headers whose names start with a prefix in `drop` are left out. Nothing is
+    Headers whose names (lower-cased) start with a prefix in `drop` are left out. Nothing is
     copied from the client's bytes: a version field or line end the client
     spelled oddly never reaches the upstream.
     """
     lines = [f"{head.method} {target} HTTP/{head.version}"]
-    lines += [f"{k}: {v}" for k, v in head.headers if not k.startswith(drop)]
+    lines += [f"{k}: {v}" for k, v in head.headers if not k.lower().startswith(drop)]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

@@ -214,7 +214,7 @@ class ProxyHandler(socketserver.BaseRequestHandler):
             else:
                 self._answer("403 Forbidden", f"sbx gateway: {DENIED}")
             return
-        upstream = _connect(decision.addresses, port)
+        upstream, connected_ip = _connect(decision.addresses, port)
         if upstream is None:
             with self.server.flows_lock:
                 if self.server.flows.pop(id(flow), None) is None:
@@ -227,7 +227,7 @@ class ProxyHandler(socketserver.BaseRequestHandler):
             else:
                 self._answer("502 Bad Gateway", "sbx gateway: no answer upstream")
             return
-        flow.fields["connected_ip"] = upstream.getpeername()[0]
+        flow.fields["connected_ip"] = connected_ip
         upstream.settimeout(None)
         sock.settimeout(None)
         with self.server.flows_lock:
@@ -272,13 +272,13 @@ def _absolute(head: http_head.RequestHead, rest: bytes) -> tuple[str, int, bytes
     return host, port, http_head.rebuild(head, path, drop=("proxy-", "x-sbx-")) + rest
 
 
-def _connect(addresses: tuple[str, ...], port: int) -> socket.socket | None:
+def _connect(addresses: tuple[str, ...], port: int) -> tuple[socket.socket | None, str]:
     for ip in addresses:
         try:
-            return socket.create_connection((ip, port), timeout=10)
+            return socket.create_connection((ip, port), timeout=10), ip
         except OSError:
             continue
-    return None
+    return None, ""
 
 
 def emit_close(flow: _Flow, why: str = "the gateway stopped") -> None:

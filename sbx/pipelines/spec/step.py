@@ -51,6 +51,15 @@ _GLOB_CHARS: Final = frozenset("*?[]")
 MIB: Final = 1024 * 1024
 MEMORY_MIN: Final = 6 * MIB  # Docker refuses less than 6 MiB.
 MEMORY_MAX: Final = 256 * 1024 * MIB
+DISK_MIN: Final = 16 * MIB
+DISK_MAX: Final = 64 * 1024 * 1024 * MIB  # 64 TiB: a bound, however generous
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("g", 1024 * MIB), ("m", MIB), ("k", 1024)):
+        if n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
 
 
 # --------------------------------------------------------------------------- field checks
@@ -174,8 +183,10 @@ def _run_value(value: Any) -> Any:
 
 
 
-def parse_memory(value: str | int) -> int:
-    """Bytes for a memory size: an integer (bytes) or digits with a k/m/g suffix."""
+def parse_memory(value: str | int, low: int = 0, high: int = 0) -> int:
+    """Bytes for a size: an integer (bytes) or digits with a k/m/g suffix, within
+    `low`..`high` (default: the memory bounds, MEMORY_MIN..MEMORY_MAX)."""
+    low, high = low or MEMORY_MIN, high or MEMORY_MAX
     if isinstance(value, bool):
         raise ValueError("must be a size like 512m or 1g, not a boolean")
     if isinstance(value, int):
@@ -188,8 +199,9 @@ def parse_memory(value: str | int) -> int:
             int(match.group(1))
             * {"": 1, "k": 1024, "m": MIB, "g": 1024 * MIB}[match.group(2).lower()]
         )
-    if not MEMORY_MIN <= size <= MEMORY_MAX:
-        raise ValueError(f"{value!r} is outside 6m..256g; choose a size in that range")
+    if not low <= size <= high:
+        raise ValueError(f"{value!r} is outside {_size(low)}..{_size(high)}; "
+                         "choose a size in that range")
     return size
 
 
@@ -222,12 +234,25 @@ class Resources(_Model):
     memory: StrictStr | StrictInt = "1g"
     pids: int = Field(default=512, strict=True, ge=16, le=65536)
     timeout: int = Field(default=3600, strict=True, ge=1, le=7 * 24 * 3600)
+    # What the step may write to its container's writable layer (the host's disk).
+    disk: StrictStr | StrictInt = "10g"
 
     @field_validator("memory")
     @classmethod
     def _memory(cls, value: str | int) -> str | int:
         parse_memory(value)
         return value
+
+    @field_validator("disk")
+    @classmethod
+    def _disk(cls, value: str | int) -> str | int:
+        parse_memory(value, low=DISK_MIN, high=DISK_MAX)
+        return value
+
+    @property
+    def disk_bytes(self) -> int:
+        """`disk` in bytes."""
+        return parse_memory(self.disk, low=DISK_MIN, high=DISK_MAX)
 
     @property
     def memory_bytes(self) -> int:

@@ -64,13 +64,14 @@ def records(message: bytes, cuts: list[int]) -> bytes:
 
 
 def with_padding(message: bytes, size: int) -> bytes:
-    """The ClientHello `message` with an unknown extension of `size` bytes appended."""
+    """The ClientHello `message` with an unknown extension of `size` bytes first, so the
+    server name comes after the first 16 KiB record."""
     body = message[4:]
     pos = 2 + 32
     pos += 1 + body[pos]
     pos += 2 + int.from_bytes(body[pos:pos + 2], "big")
     pos += 1 + body[pos]
-    exts = body[pos + 2:] + (0x4444).to_bytes(2, "big") + size.to_bytes(2, "big") + b"\0" * size
+    exts = (0x4444).to_bytes(2, "big") + size.to_bytes(2, "big") + b"\0" * size + body[pos + 2:]
     body = body[:pos] + len(exts).to_bytes(2, "big") + exts
     return b"\x01" + len(body).to_bytes(3, "big") + body
 

@@ -40,8 +40,8 @@ def test_egress_attack_is_blocked_and_recorded(batch: Batch, name: str) -> None:
 def test_no_egress_attack_reached_a_canary(batch: Batch) -> None:
     assert batch.sink_seen == [], "a packet reached the sink"
     assert batch.other_hits == [], "a request reached other.sbx.test"
-    # The redirected attempts reached web.sbx.test and nothing the step named instead.
-    assert {h["path"] for h in batch.web_hits} >= {"/inner-sni", "/dup"}
+    # The mismatches (another name inside CONNECT, two Host headers) reach nothing at all.
+    assert not {h["path"] for h in batch.web_hits} & {"/inner-sni", "/dup"}
     # Enforce mode: the step's command finished, the run failed on its denied flows.
     assert batch.run.step("netbatch")["exit_code"] == 0
     assert batch.run.result.exit_code == 1

@@ -743,3 +743,19 @@ def test_plain_http_with_a_host_header_for_another_host_is_refused(
     assert upstream.connected == []
     (event,) = events(capsys.readouterr().out)
     assert event["verdict"] == "denied" and "differs" in event["reason"]
+
+
+def test_names_are_resolved_as_absolute_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the trailing dot a failed lookup is retried under the host's search
+    domains (`evil` becomes `evil.corp.internal`): not the name decided."""
+    asked: list[str] = []
+
+    def getaddrinfo(host: str, *_: Any) -> list[Any]:
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (PUBLIC, 443))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    gate = Gate(step="s", policy=Policy(), refused=())
+    assert gate.resolve("example.com", 443) == [PUBLIC]
+    assert gate.resolve("example.com.", 443) == [PUBLIC]
+    assert asked == ["example.com.", "example.com."]

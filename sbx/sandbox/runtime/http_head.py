@@ -87,6 +87,7 @@ def parse(head: bytes) -> RequestHead:
         raise HeadError("bare CR or LF line end in the request head")
     if _CONTROL.search(lines.replace(b"\r\n", b"")):
         raise HeadError("control character in the request head")
+    head = _with_host(head)
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(head)
     try:
@@ -101,6 +102,25 @@ def parse(head: bytes) -> RequestHead:
         raise HeadError("several Host headers")  # h11 refuses this too; kept explicit
     return RequestHead(method=event.method.decode("ascii"), target=event.target.decode("latin-1"),
                        version=event.http_version.decode("ascii"), headers=headers)
+
+
+def _with_host(head: bytes) -> bytes:
+    """A proxy request without Host gets the one its target names (RFC 9112 3.2.2: a proxy
+    goes by the absolute-form or authority-form target, whatever Host says)."""
+    line, _, rest = head.partition(b"\r\n")
+    if re.search(rb"(?im)^host[ \t]*:", rest):
+        return head
+    parts = line.split(b" ")
+    if len(parts) != 3:
+        return head
+    method, target = parts[0], parts[1]
+    if method == b"CONNECT":
+        authority = target
+    elif target[:7].lower() == b"http://":
+        authority = re.split(rb"[/?#]", target[7:], maxsplit=1)[0]
+    else:
+        return head
+    return line + b"\r\nHost: " + authority + b"\r\n" + rest
 
 
 def host_name(value: str) -> str:

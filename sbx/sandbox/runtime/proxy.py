@@ -264,7 +264,7 @@ def _absolute(head: http_head.RequestHead, rest: bytes) -> tuple[str, int, bytes
     named = head.host
     if named is not None:
         # Domain fronting in the clear: the URL names one host, Host another.
-        named_host, named_port = _split_host_port(named, 80)
+        named_host, named_port = _split_host_port(named, port)  # no port in Host: the URL's
         if named_host.lower() != host.lower() or named_port != port:
             raise ValueError("Host header differs from the URL authority")
     if not path.startswith("/"):

@@ -286,7 +286,7 @@ def emit_close(flow: _Flow, why: str = "the gateway stopped") -> None:
     if not flow.opened:
         fields = {"verdict": "denied", "reason": "", "violation": True, **flow.fields}
         emit("tcp", **{**fields, "reason": f"{fields.get('reason') or 'undecided'}; {why} "
-                       f"while {flow.waiting}"})
+                       f"while it was {flow.waiting}"})
         return
     emit("tcp", phase="close", bytes_out=flow.counts[0], bytes_in=flow.counts[1], **flow.fields)
 

@@ -170,7 +170,8 @@ class Gate:
         return self.decide_name(reading.name, port)
 
     def _nameless_denied(self, reading: Reading, where: str, port: int) -> Decision:
-        reason = f"{reading.problem or 'no name'}; no rule allows {where}:{port} without a name"
+        reason = (f"{reading.problem or 'no name'}; no rule allows {where}:{port} without a "
+                  "name (a protocol that names no host needs an IP rule or nameless: true)")
         if self.policy.mode == "audit" and where and is_ip(where):
             return Decision("audit", reason, None, (where,), nameless=True)
         return Decision("denied", reason)

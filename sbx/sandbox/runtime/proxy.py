@@ -75,9 +75,10 @@ def _read_head(sock: socket.socket) -> tuple[bytes, bytes]:
         data += chunk
 
 
-def first_bytes(sock: socket.socket, data: bytes) -> tuple[sniff.Reading, bytes]:
-    """Read until the first bytes say what they name (or cannot), within FIRST_BYTES_WAIT."""
-    sock.settimeout(limits.FIRST_BYTES_WAIT)
+def first_bytes(sock: socket.socket, data: bytes,
+                wait: float = limits.FIRST_BYTES_WAIT) -> tuple[sniff.Reading, bytes]:
+    """Read until the first bytes say what they name (or cannot), within `wait` seconds."""
+    sock.settimeout(wait)
     while True:
         reading = sniff.read(data)
         if reading is not None:
@@ -87,8 +88,7 @@ def first_bytes(sock: socket.socket, data: bytes) -> tuple[sniff.Reading, bytes]
         try:
             chunk = sock.recv(sniff.MAX_FIRST - len(data))
         except TimeoutError:
-            return sniff.Reading("none", problem=f"no first bytes within "
-                                 f"{limits.FIRST_BYTES_WAIT:g} s"), data
+            return sniff.Reading("none", problem=f"no first bytes within {wait:g} s"), data
         except OSError as exc:
             return sniff.Reading("none", problem=f"client gone: {exc}"), data
         if not chunk:
@@ -185,6 +185,8 @@ class ProxyHandler(socketserver.BaseRequestHandler):
         gate = self.server.gate
         connect = head.method.upper() == "CONNECT"
         answered = False  # whether the client already got its 200
+        wait = (limits.FIRST_BYTES_WAIT_AUDIT if gate.policy.mode == "audit"
+                else limits.FIRST_BYTES_WAIT)
         if is_ip(host):
             decision = gate.decide_address(host.strip("[]"), port)
             name_from: str | None = None
@@ -192,7 +194,7 @@ class ProxyHandler(socketserver.BaseRequestHandler):
                 if not relayed:
                     sock.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
                     answered = True
-                reading, forward = first_bytes(sock, forward)
+                reading, forward = first_bytes(sock, forward, wait)
                 decision = gate.decide_reading(reading, host.strip("[]"), port)
                 name_from = _name_from(reading)
             elif decision is None:
@@ -206,7 +208,7 @@ class ProxyHandler(socketserver.BaseRequestHandler):
                 if not relayed:
                     sock.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
                     answered = True
-                reading, forward = first_bytes(sock, forward)
+                reading, forward = first_bytes(sock, forward, wait)
                 decision = gate.decide_reading(reading, None, port, pinned=decision)
         if not self._decide(flow, decision, name_from):
             if answered:

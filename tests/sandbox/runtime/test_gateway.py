@@ -759,3 +759,34 @@ def test_names_are_resolved_as_absolute_names(monkeypatch: pytest.MonkeyPatch) -
     assert gate.resolve("example.com", 443) == [PUBLIC]
     assert gate.resolve("example.com.", 443) == [PUBLIC]
     assert asked == ["example.com.", "example.com."]
+
+
+@pytest.mark.parametrize(("mode", "verdict"), [("enforce", "denied"), ("audit", "audit")])
+def test_a_silent_client_is_denied_in_enforce_and_let_through_by_address_in_audit(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, mode: str, verdict: str,
+) -> None:
+    """No fallback to the address in enforce mode, however long the silence; audit mode
+    lets everything through anyway, so it waits only briefly (ssh speaks second)."""
+    from sbx.sandbox.runtime import limits
+    monkeypatch.setattr(limits, "FIRST_BYTES_WAIT", 0.3)
+    monkeypatch.setattr(limits, "FIRST_BYTES_WAIT_AUDIT", 0.3)
+    gate = make_gate("example.com:443", mode=mode)
+    client, served = socket.socketpair()
+    server = SimpleNamespace(gate=gate, flows={}, flows_lock=threading.Lock())
+    client.sendall(relayed(f"{PUBLIC}:443", b""))
+    thread = threading.Thread(target=ProxyHandler, args=(served, ("172.30.0.3", 40000), server),
+                              daemon=True)
+    thread.start()
+    for _ in range(100):
+        if upstream.connected or not thread.is_alive():
+            break
+        thread.join(0.1)
+    client.close()
+    for far in upstream.far:
+        far.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    (event, *_) = events(capsys.readouterr().out)
+    assert event["verdict"] == verdict and "no first bytes" in event["reason"]
+    assert upstream.connected == ([] if mode == "enforce" else [(PUBLIC, 443)])

@@ -54,3 +54,15 @@ def test_allowed_name_resolving_to_an_internal_address_is_refused(lan: Batch, na
 
 def test_internal_address_of_an_allowed_name_never_reached(lan: Batch) -> None:
     assert lan.sink_seen == [], f"a packet reached the internal canary: {lan.sink_seen}"
+
+
+def test_a_refusal_tells_the_step_nothing_about_internal_addresses(lan: Batch) -> None:
+    """The 403 once said "internal.sbx.test resolves only to internal addresses
+    ['10.99.x.20']", mapping the CI host's internal DNS for the step; the detail is
+    for the record only."""
+    result = lan.results["egress/allowed-name-resolving-internal-absolute-uri"]
+    assert result["body"].startswith("HTTP/1.1 403"), result
+    assert "denied by policy" in result["body"] and "10.99." not in result["body"]
+    [event] = lan._assigned(lan.run.events_of(lan.step))[
+        "egress/allowed-name-resolving-internal-absolute-uri"]
+    assert "10.99." in event["reason"]  # the detail stays in the evidence

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import ssl
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 NO_CALLBACK = "<no sni callback>"
@@ -66,7 +67,7 @@ def sni_value(*names: bytes, extra: bytes = b"") -> bytes:
     return len(entries).to_bytes(2, "big") + entries
 
 
-def records(message: bytes, cuts: list[int] = (), after: bytes = b"") -> bytes:  # type: ignore[assignment]
+def records(message: bytes, cuts: Sequence[int] = (), after: bytes = b"") -> bytes:
     """A handshake `message` framed as TLS records cut at `cuts` (and at 16 KiB), plus
     `after` inside the last record (bytes following the hello in its record)."""
     body = message + after
@@ -82,7 +83,7 @@ def server_reads(data: bytes) -> str | None:
     callback got (None: no SNI), or NO_CALLBACK when it never got that far."""
     seen: list[str | None] = []
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.sni_callback = lambda _sock, name, _ctx: seen.append(name)  # type: ignore[assignment,misc,func-returns-value]
+    ctx.sni_callback = lambda _sock, name, _ctx: seen.append(name)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = ctx.wrap_bio(incoming, outgoing, server_side=True)
     incoming.write(data)

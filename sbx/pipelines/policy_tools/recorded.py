@@ -18,7 +18,7 @@ from sbx.pipelines.policy_tools.decide import (
     Flow,
     decide,
 )
-from sbx.pipelines.run.records import is_decision, parse_time
+from sbx.pipelines.run.records import is_decision, parse_time, read_events
 from sbx.sandbox.policy import (
     Policy,
     PolicyError,
@@ -83,17 +83,9 @@ def _recorded_policy(data: Any) -> Policy | None:
 
 
 def _events(path: Path) -> Iterable[dict[str, Any]]:
-    """Every JSON object line of events.jsonl, in the order written; other lines skipped."""
+    """The run's events; a missing or unreadable file is the user's input error."""
     try:
-        # errors="replace": one undecodable line must not hide the rest of the record.
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(event, dict):
-                    yield event
+        yield from read_events(path, strict=True)
     except FileNotFoundError:
         raise InputError(f"{path}: not found; pass the directory of a run") from None
     except OSError as exc:

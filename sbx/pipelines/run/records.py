@@ -230,9 +230,13 @@ def _at_or_after(event: dict[str, Any], since: datetime) -> bool:
         return True  # an event without a readable time is counted, not hidden
 
 
-def read_events(path: Path) -> Iterator[dict[str, Any]]:
-    """Every JSON object line of events.jsonl, in the order written; other lines skipped."""
+def read_events(path: Path, strict: bool = False) -> Iterator[dict[str, Any]]:
+    """Every JSON object line of events.jsonl, in the order written; other lines skipped.
+
+    A missing or unreadable file reads as no events, or raises `OSError` if `strict`.
+    """
     try:
+        # errors="replace": one undecodable line must not hide the rest of the record.
         with path.open(encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 try:
@@ -242,7 +246,8 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
                 if isinstance(event, dict):
                     yield event
     except OSError:
-        return
+        if strict:
+            raise
 
 
 def is_decision(event: dict[str, Any]) -> bool:

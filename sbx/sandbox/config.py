@@ -17,6 +17,7 @@ class Limits:
     memory: int = 1 << 30
     pids: int = 512
     timeout: float = 3600.0
+    disk: int = 10 << 30  # bytes the step may write to its writable layer (see storage)
 
 
 @dataclass(frozen=True)

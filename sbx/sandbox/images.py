@@ -73,7 +73,8 @@ RUNTIME_REPO = "sbx-runtime"
 STEP_REPO = "sbx-step"
 STEP_IMAGE = f"{STEP_REPO}:{SUITE}"
 
-RUNTIME_PACKAGES: tuple[str, ...] = ("python3", "python3-dnslib", "iptables", "iproute2")
+RUNTIME_PACKAGES: tuple[str, ...] = ("python3", "python3-dnslib", "python3-h11", "python3-idna",
+                                     "iptables", "iproute2")
 STEP_PACKAGES: tuple[str, ...] = ("python3", "python3-pip", "python3-setuptools", "python3-wheel",
                                   "git", "curl", "ca-certificates", "openssl")
 

@@ -73,6 +73,7 @@ class SandboxObjects:
         self._removed = False  # the objects are being removed (close())
         self.faults: list[str] = []
         self.log_stats: dict[str, Any] = {"bytes": 0, "truncated": False, "dropped_bytes": 0}
+        self.storage: dict[str, Any] = {}  # run.json's `storage` (see sbx.sandbox.storage)
         self._log_writer: threading.Thread | None = None
         # Seconds per phase of this sandbox's life, for run.json and `make bench`.
         self.timings: dict[str, float] = {}

@@ -298,7 +298,11 @@ class Executor:
             return
         reason = f"timed out after {st.config.limits.timeout:.0f} s" \
             if status == "timeout" else None
-        if code not in (0, None):
+        if st.sandbox.storage.get("exceeded"):
+            status, reason = "failed", (f"killed: wrote more than "
+                                        f"{st.sandbox.storage['limit_bytes']} bytes to its "
+                                        "writable layer (resources.disk)")
+        elif code not in (0, None):
             status, reason = "failed", reason or f"exited {code}"
         # The status stays `running` until the outputs are out: an interruption while
         # copying must not leave a `succeeded` step without its outputs.
@@ -352,6 +356,8 @@ class Executor:
         sandbox = st.sandbox
         rec = st.record
         rec["log"] = dict(sandbox.log_stats)
+        if sandbox.storage:
+            rec["storage"] = dict(sandbox.storage)
         rec["faults"] = [self.masker.text(f) for f in sandbox.faults]
         # A step that never ran its command has no traffic of its own, only its probes'.
         rec["flows"] = (self.events.flow_counts(st.name)

@@ -153,7 +153,7 @@ def step_config(spec: StepSpec, spec_path: Path, workspace: Path,
         secrets=tuple((n, environ[n]) for n in spec.secrets), user=spec.user,
         read_only_rootfs=spec.read_only_rootfs, tmpfs=tuple(spec.tmpfs),
         limits=Limits(cpus=res.cpus, memory=res.memory_bytes, pids=res.pids,
-                      timeout=float(res.timeout)),
+                      timeout=float(res.timeout), disk=res.disk_bytes),
         proxy_env=spec.egress.proxy_env, inputs=resolve_inputs(spec, spec_path, workspace),
         outputs=tuple(spec.outputs))
 

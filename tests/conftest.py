@@ -181,8 +181,11 @@ def internet(docker_client: docker.DockerClient, sbx_images: tuple[str, str]) ->
             try:
                 net_id = api.create_network(
                     f"sbx-test-{tag}-internet", driver="bridge", labels=labels,
+                    # Gateways get addresses from the upper half; the test hosts and sinks
+                    # have fixed ones in the lower half, so the two never collide.
                     ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(
-                        subnet=subnet, gateway=f"198.18.{third}.1")]))["Id"]
+                        subnet=subnet, iprange=f"198.18.{third}.128/25",
+                        gateway=f"198.18.{third}.1")]))["Id"]
                 break
             except docker.errors.APIError:
                 if attempt == 19:

@@ -45,7 +45,7 @@ def shared_host(internet: Internet, docker_client: docker.DockerClient,
         cert, key = _cert(name, ca_key, ca)
         files[f"{tenant}.pem"], files[f"{tenant}.key"] = cert, key
     third = internet.subnet.split(".")[2]
-    ip = f"198.18.{third}.30"
+    ip = f"198.18.{third}.40"  # static addresses: 10-11 hosts, 20 and 30-31 sinks, 40 this
     cid = api.create_container(
         sbx_images[1], command=["python3", "/srv/vhost.py"], name=f"sbx-test-{tag}-vhost",
         labels={TEST_LABEL: tag},

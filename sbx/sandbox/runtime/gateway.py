@@ -69,6 +69,8 @@ def main() -> None:
 
     def stop(_signum: int, _frame: Any) -> None:
         beating.set()
+        for server, what in zip(servers, ("dns_udp", "dns_tcp"), strict=True):
+            limits.refuse_queued(server.server, what)
         with proxy.flows_lock:
             for flow in list(proxy.flows.values()):
                 emit_close(flow)

@@ -41,12 +41,51 @@ class Slots:
     def __init__(self, size: int) -> None:
         self.size = size
         self._free = threading.BoundedSemaphore(size)
+        self._busy = 0
+        self._lock = threading.Lock()
 
     def take(self) -> bool:
-        return self._free.acquire(blocking=False)
+        if not self._free.acquire(blocking=False):
+            return False
+        with self._lock:
+            self._busy += 1
+        return True
 
     def give(self) -> None:
+        with self._lock:
+            self._busy -= 1
         self._free.release()
+
+    def busy(self) -> int:
+        """How many slots are taken now."""
+        with self._lock:
+            return self._busy
+
+
+def refuse_queued(server: Any, what: str, settle: float = 1.0) -> int:
+    """At stop: let the requests being served finish (up to `settle` s), then take what
+    is still queued on the server's socket (datagrams, connections not yet accepted) and
+    count it as refused. Those never reached a handler, so they have no event; without
+    this count a flood that outran the server would be short in `attempts`."""
+    slots: Slots = server.slots
+    sock: socket.socket = server.socket
+    deadline = time.monotonic() + settle
+    while slots.busy() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    queued = slots.busy()  # still in a handler: no event will come now
+    try:
+        sock.setblocking(False)
+        while queued < 1_000_000:
+            if sock.type == socket.SOCK_DGRAM:
+                sock.recv(65536)
+            else:
+                sock.accept()[0].close()
+            queued += 1
+    except OSError:  # BlockingIOError: nothing left
+        pass
+    if queued:
+        COUNTERS.add(f"refused_{what}", queued)
+    return queued
 
 
 class Refusals:

@@ -227,3 +227,29 @@ def test_a_flow_still_connecting_when_the_gateway_stops_is_recorded(
     [event] = [e for e in out.events() if e["kind"] == "tcp"]
     assert event["verdict"] == "allowed" and event["name"] == "slow.test"
     assert "stopped while it was connecting" in event["reason"] and "phase" not in event
+
+
+def test_queries_still_queued_when_the_gateway_stops_are_counted() -> None:
+    """A flood that outruns the DNS servers leaves datagrams and connections queued on
+    their sockets when the gateway stops: no handler saw them, so no event will come.
+    `refuse_queued` counts each one as refused, so `attempts` still covers every query."""
+    servers = make_servers(Resolver(_gate()), "127.0.0.1", 0)
+    udp, tcp = (s.server for s in servers)  # not serving: everything sent stays queued
+    clients = []
+    try:
+        before = COUNTERS.snapshot()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            for _ in range(40):
+                c.sendto(DNSRecord.question("q.test").pack(), udp.socket.getsockname())
+        for _ in range(5):
+            clients.append(socket.create_connection(tcp.socket.getsockname()))
+        assert limits.refuse_queued(udp, "dns_udp", settle=0) == 40
+        assert limits.refuse_queued(tcp, "dns_tcp", settle=0) == 5
+        after = COUNTERS.snapshot()
+        assert after.get("refused_dns_udp", 0) - before.get("refused_dns_udp", 0) == 40
+        assert after.get("refused_dns_tcp", 0) - before.get("refused_dns_tcp", 0) == 5
+    finally:
+        for c in clients:
+            c.close()
+        udp.server_close()
+        tcp.server_close()

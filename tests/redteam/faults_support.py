@@ -77,6 +77,12 @@ class EngineRelay:
                 client.close()
                 continue
             with self._lock:
+                if self._listener is not listener:
+                    # cut() ran while this connection was being set up: it must not live on
+                    # (a step's wait on it would see the real engine until the step ended).
+                    client.close()
+                    upstream.close()
+                    return
                 self._conns += [client, upstream]
                 self.requests += 1
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
@@ -100,11 +106,12 @@ class EngineRelay:
 
     def cut(self) -> None:
         """The engine is gone: no new connections, every open one reset."""
-        if self._listener is not None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
             with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)
-            self._listener.close()
-            self._listener = None
+                listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         with self._lock:

@@ -21,15 +21,19 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
     StrictInt,
     StrictStr,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
 )
 
+from sbx.errors import SpecError
+from sbx.pipelines.spec.egress import AllowMapping
 from sbx.pipelines.spec.errors import _kind, to_spec_error
 from sbx.pipelines.spec.loader import LoadedDoc, load_yaml
 from sbx.sandbox import policy as pol
@@ -158,6 +162,17 @@ EnvValue = Annotated[str, Field(strict=True), AfterValidator(_env_value)]
 AllowEntry = Annotated[str, Field(strict=True), AfterValidator(check_allow_entry)]
 
 
+def _allow_form(value: Any) -> str:
+    return "<mapping>" if isinstance(value, dict | AllowMapping) else "<string>"
+
+
+# A string entry or a mapping; the form is chosen by the value, so an error names the one
+# the user wrote (the '<...>' tags are left out of field names in errors).
+AllowItem = Annotated[Annotated[AllowEntry, Tag("<string>")] | Annotated[AllowMapping,
+                                                                          Tag("<mapping>")],
+                      Discriminator(_allow_form)]
+
+
 def _run_value(value: Any) -> Any:
     """Accept a non-empty script string or a non-empty list of non-empty argv lists."""
     if isinstance(value, str):
@@ -233,8 +248,11 @@ class EgressSpec(_Model):
     """Where the step may connect; everything else is denied (or recorded, in audit mode)."""
 
     mode: EgressMode = EgressMode.ENFORCE
-    allow: tuple[AllowEntry, ...] = ()
+    allow: tuple[AllowItem, ...] = ()
     proxy_env: bool = Field(default=False, strict=True)
+    # A PEM file of CAs the gateway trusts for upstream TLS of inspected hosts, besides the
+    # system store (internal mirrors); relative to the step file.
+    upstream_ca: StrictStr | None = None
 
 
 class Resources(_Model):
@@ -314,10 +332,11 @@ class StepSpec(_Model):
         """
         file = self._source_file if source_file is None else source_file
         rules = []
-        for i, text in enumerate(self.egress.allow):
+        for i, entry in enumerate(self.egress.allow):
             line = self._allow_lines[i] if i < len(self._allow_lines) else None
             source = f"{file}:{line}" if file and line else file
-            rules.append(pol.parse_rule(text, source))
+            rules.append(pol.parse_rule(entry, source) if isinstance(entry, str)
+                         else entry.rule(source))
         return pol.Policy(mode=self.egress.mode.value, rules=tuple(rules))
 
 
@@ -335,7 +354,33 @@ def validate_step(loaded: LoadedDoc) -> StepSpec:
     spec._allow_lines = tuple(
         loaded.line_of(("egress", "allow", i)) for i in range(len(spec.egress.allow))
     )
+    if spec.egress.upstream_ca is not None:
+        read_upstream_ca(spec.egress.upstream_ca, loaded.path,
+                         loaded.line_of(("egress", "upstream_ca")))
     return spec
+
+
+def read_upstream_ca(value: str, step_file: Path, line: int | None = None) -> str:
+    """The PEM text of `egress.upstream_ca` (relative to the step file); `SpecError` when it
+    cannot be read or holds no certificate."""
+    from cryptography import x509
+
+    path = (Path(step_file).parent / value) if not Path(value).is_absolute() else Path(value)
+    field = "egress.upstream_ca"
+    try:
+        data = path.read_bytes()[: 1 << 20]
+    except OSError as exc:
+        raise SpecError(str(step_file), field, f"cannot read {value!r} ({exc.strerror}); "
+                        "name a PEM file of CA certificates, relative to the step file",
+                        line) from None
+    try:
+        found = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        found = []
+    if not found:
+        raise SpecError(str(step_file), field, f"{value!r} holds no PEM certificate; give the "
+                        "CA certificates as PEM (-----BEGIN CERTIFICATE-----)", line)
+    return data.decode("ascii", "replace")
 
 
 def load_step(path: Path) -> StepSpec:

@@ -40,6 +40,15 @@ class Policy:
         """The first IP/CIDR rule allowing `ip` on `port`, or None."""
         return next((r for r in self.rules if r.matches_ip(ip, port)), None)
 
+    def rules_for(self, host: str, port: int | None) -> tuple[Rule, ...]:
+        """Every rule allowing `host` (a name or an address) on `port`, in order."""
+        return tuple(r for r in self.rules if r.matches_name(host, port)
+                     or r.matches_ip(host, port))
+
+    def inspects(self, host: str, port: int | None) -> bool:
+        """True when an action-level rule covers `host` on `port`: its TLS is inspected."""
+        return any(r.actions is not None for r in self.rules_for(host, port))
+
     def allows_dns(self, name: str) -> Rule | None:
         """The first host/suffix rule allowing `name` on any port, or None (then NXDOMAIN)."""
         return self.match_name(name, None)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from .actions import Actions, make_actions
 from .addresses import IPNetwork, _check_network, _in, _parse_address, _unwrap, is_forbidden
 from .errors import PolicyError
 from .names import _forbidden_name, _looks_numeric, normalize_name
@@ -38,6 +39,13 @@ class Rule:
     suffix: str | None = None
     network: IPNetwork | None = None
     port: int | None = None
+    # Action-level rule (methods, paths, TLS inspection): see `actions`. None: host-level.
+    actions: Actions | None = None
+
+    @property
+    def label(self) -> str:
+        """The rule as events name it: its text, plus its methods and paths when it has them."""
+        return self.text if self.actions is None else f"{self.text} {self.actions.describe()}"
 
     def __post_init__(self) -> None:
         kinds = sum(x is not None for x in (self.host, self.suffix, self.network))
@@ -86,6 +94,12 @@ class Rule:
             out["network"] = str(self.network)
         if self.port is not None:
             out["port"] = self.port
+        if self.actions is not None:
+            out["inspect"] = True
+            if self.actions.methods is not None:
+                out["methods"] = list(self.actions.methods)
+            if self.actions.paths is not None:
+                out["paths"] = [p.text for p in self.actions.paths]
         return out
 
     @classmethod
@@ -95,7 +109,8 @@ class Rule:
         Re-parsing means the gateway re-validates every rule it receives rather
         than trusting the host side.
         """
-        known = {"text", "source", "host", "suffix", "network", "port"}
+        known = {"text", "source", "host", "suffix", "network", "port", "methods", "paths",
+                 "inspect"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise PolicyError(
@@ -107,6 +122,8 @@ class Rule:
         if not isinstance(text, str) or not isinstance(source, str):
             raise PolicyError("rule 'text' and 'source' must be strings; regenerate the policy")
         rule = parse_rule(text, source)
+        if data.get("inspect") is True:
+            rule = with_actions(rule, data.get("methods"), data.get("paths"))
         if rule.to_dict() != dict(data):
             raise PolicyError(
                 f"rule {text!r} does not match its stored fields; regenerate the policy with sbx"
@@ -269,3 +286,9 @@ def parse_rule(text: str, source: str = "") -> Rule:
     return Rule(text=text, source=source, host=name, port=port)
 
 
+
+
+def with_actions(rule: Rule, methods: object = None, paths: object = None) -> Rule:
+    """`rule` made action-level: each HTTP request is checked against `methods` and `paths`
+    (None: any), and TLS to it is inspected. `PolicyError` for a bad method or pattern."""
+    return replace(rule, actions=make_actions(methods, paths))

@@ -12,6 +12,7 @@ from typing import Any
 from sbx.sandbox.runtime import pipe
 from sbx.sandbox.runtime.events import emit
 from sbx.sandbox.runtime.gate import Gate, rule_fields
+from sbx.sandbox.runtime.http import tunnel
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Proxy(socketserver.ThreadingTCPServer):
     # probes' two dozen at once) overflowed it, and dropped SYNs wait a second to retry.
     request_queue_size = 512
     gate: Gate
+    inspection: tunnel.Inspection | None = None
     flows: dict[int, _Flow]
     flows_lock: threading.Lock
 
@@ -155,13 +157,15 @@ class ProxyHandler(socketserver.BaseRequestHandler):
                 return  # the gateway is stopping and recorded it
             emit("tcp", phase="open", **fields)
             flow.opened = True
+        # Every request on the connection is checked from here on (sbx.sandbox.runtime.http).
+        checked = tunnel.Flow(gate.step, gate.policy, host, port, fields, flow.counts,
+                              self.server.inspection)
         try:
             if method.upper() == "CONNECT":
                 sock.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            if forward:
-                upstream.sendall(forward)
-                flow.counts[0] += len(forward)
-            pipe.relay(sock, upstream, flow.counts)
+                tunnel.serve_connect(sock, upstream, checked, early=forward)
+            else:
+                tunnel.serve_proxy(sock, upstream, checked, first=head + b"\r\n\r\n" + rest)
         except OSError:
             pass
         finally:

@@ -72,6 +72,17 @@ class Side:
             self.incoming.write(data)
         else:
             self.incoming.write_eof()
+        return self._decrypted(ended=not data)
+
+    def buffered(self) -> bytes:
+        """Plain bytes that arrived with the end of the handshake (a TLS 1.3 client sends
+        its first request right behind its Finished): the socket will not signal them."""
+        if self.tls is None:
+            return b""
+        return self._decrypted(ended=False) or b""
+
+    def _decrypted(self, ended: bool) -> bytes | None:
+        assert self.tls is not None
         chunks: list[bytes] = []
         while True:
             try:
@@ -86,8 +97,7 @@ class Side:
                 break
             chunks.append(chunk)
         self._flush()
-        if not data:
-            self.eof = True
+        self.eof = self.eof or ended
         if chunks:
             return b"".join(chunks)
         return b"" if self.eof else None
@@ -141,7 +151,11 @@ def run(client: Side, upstream: Side, exchange: Exchange, on_record: Callable[[R
         return out.close
 
     try:
+        first += client.buffered()
         if first and apply(exchange.client_bytes(first)):
+            return
+        early = upstream.buffered()
+        if early and apply(exchange.upstream_bytes(early)):
             return
         while not all(ended.values()):
             live = [s for s in (client, upstream) if not ended[id(s)]]

@@ -140,7 +140,7 @@ ALLOWED = frozenset({
     "egress/tls-no-sni-after-dns",
 })
 REDIRECTED = frozenset({
-    "egress/proxy-connect-allowed-inner-sni-denied", "egress/relay-duplicate-host-header",
+    "egress/proxy-connect-allowed-inner-sni-denied",
 })
 
 ATTACKS: tuple[Attack, ...] = tuple(

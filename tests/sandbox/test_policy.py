@@ -410,6 +410,9 @@ def test_from_dict_revalidates_and_fails_closed() -> None:
     good = parse_rule("example.com").to_dict()
     # Unknown (future) fields are refused, never ignored.
     with pytest.raises(PolicyError, match="unknown field"):
+        Rule.from_dict({**good, "rate_limit": 5})
+    # Action fields that disagree with the rule's own form are refused, never half-applied.
+    with pytest.raises(PolicyError, match="does not match"):
         Rule.from_dict({**good, "methods": ["GET"]})
     # Stored fields that disagree with the text are refused.
     with pytest.raises(PolicyError, match="does not match"):

@@ -159,7 +159,7 @@ class ProxyHandler(socketserver.BaseRequestHandler):
             flow.opened = True
         # Every request on the connection is checked from here on (sbx.sandbox.runtime.http).
         checked = tunnel.Flow(gate.step, gate.policy, host, port, fields, flow.counts,
-                              self.server.inspection)
+                              getattr(self.server, "inspection", None))
         try:
             if method.upper() == "CONNECT":
                 sock.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")

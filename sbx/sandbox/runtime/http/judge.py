@@ -136,8 +136,9 @@ class Judge:
             return deny(f"unreadable host in the request: {exc}")
         if target == "*" or not target.startswith("/"):
             return deny("request target is not a path")
+        # Proxy-* is for the proxy; X-Sbx-* is sbx's own and never leaves the gateway.
         kept = tuple((k, v) for k, v in request.headers.raw_items()
-                     if not (self.proxy_form and k.lower().startswith(b"proxy-")))
+                     if not (self.proxy_form and k.lower().startswith((b"proxy-", b"x-sbx-"))))
         path: str | None
         try:
             path = _normalize_path(target)

@@ -30,6 +30,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from sbx.attest.signing.local import KeyPair, load_public_key
+from sbx.attest.verify.model import Check, Status
+from sbx.attest.verify.policy import DEFAULT_POLICY, IsolationPolicy, ReleasePolicy
+from sbx.attest.verify.trust import KeyTrust
+from sbx.attest.verify.verifier import verify_run
 from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run.runner import RunOptions, run_file
 from sbx.sandbox.archive import pack_files
@@ -272,3 +277,31 @@ def test_the_step_gets_the_ca_certificate_and_never_its_key(actions_run: Actions
     for path in actions_run.out.rglob("*"):
         if path.is_file():
             assert b"PRIVATE KEY" not in path.read_bytes(), path
+
+
+def test_the_evidence_names_each_request_rule_and_the_run_ca(actions_run: ActionsRun,
+                                                             signing_key: KeyPair) -> None:
+    record = json.loads((actions_run.out / "run.json").read_text())
+    step = record["steps"]["actions"]
+    assert step["status"] == "failed"
+    requests = step["requests"]
+    ready = next(e for e in actions_run.events if e.get("kind") == "gateway"
+                 and e.get("phase") == "ready")
+    assert requests["caFingerprint"] == ready["ca_fingerprint"]
+    rule = "pkg.sbx.test:8443 GET,HEAD /simple/** /packages/** /repo.git/**"
+    assert requests["requests"][rule]["allowed"] >= 5
+    assert requests["deniedCount"] == len([e for e in _http(actions_run)
+                                           if e["verdict"] == "denied"])
+    assert "pkg.sbx.test" in requests["inspectedHosts"]
+    trust = KeyTrust([load_public_key(signing_key.public)])
+    report = verify_run(actions_run.out, trust, DEFAULT_POLICY)
+    status = {r.check: r for r in report.results}
+    assert status[Check.SIGNATURES].status is Status.PASS
+    # The denied requests are signed evidence: the release gate refuses the run for them.
+    assert status[Check.ACTIONS].status is Status.FAIL
+    assert "HTTP request(s) denied" in status[Check.ACTIONS].reason
+    lax = ReleasePolicy(version=1, isolation=IsolationPolicy(
+        max_denied_flows=1000, max_denied_requests=1000),
+        inspected_hosts={"actions": ("pkg.sbx.test",)})
+    assert {r.check: r.status for r in verify_run(actions_run.out, trust, lax).results}[
+        Check.ACTIONS] is Status.PASS

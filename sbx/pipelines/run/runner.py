@@ -442,7 +442,7 @@ def _evidence(st: StepState, out: Path, events: EventLog) -> StepEvidence:
             st.facts, policy=st.config.policy.to_dict(), probes=st.probes,
             peer_probes=list(st.peer_probes), flows=rec["flows"],
             reached=events.destinations(st.name), events=events.digest(st.name),
-            recording=ev.signed_recording(rec.get("recording")))
+            recording=ev.signed_recording(rec.get("recording")), actions=rec.get("requests"))
         if st.facts is not None else None)
 
 

@@ -49,6 +49,21 @@ class Policy:
         """True when an action-level rule covers `host` on `port`: its TLS is inspected."""
         return any(r.actions is not None for r in self.rules_for(host, port))
 
+    def request_rule(self, host: str, port: int | None, method: str,
+                     path: str | None) -> Rule | None:
+        """The first rule allowing `method` on the normalized `path` of `host`:`port`.
+
+        A host-level rule (or one without paths) allows any path; `path` None (an
+        ambiguous path) is allowed only by such a rule, never matched by a pattern.
+        """
+        for rule in self.rules_for(host, port):
+            actions = rule.actions
+            if actions is None or (actions.paths is None and actions.allows(method, "/")):
+                return rule
+            if path is not None and actions.allows(method, path):
+                return rule
+        return None
+
     def allows_dns(self, name: str) -> Rule | None:
         """The first host/suffix rule allowing `name` on any port, or None (then NXDOMAIN)."""
         return self.match_name(name, None)

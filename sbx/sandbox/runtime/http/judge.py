@@ -146,14 +146,10 @@ class Judge:
         except AmbiguousPath as exc:
             path, why = None, str(exc)
         shown = path if path is not None else target.split("?", 1)[0][:_RECORDED_PATH]
-        for rule in self.policy.rules_for(self.host, self.port):
-            actions = rule.actions
-            if actions is None or (actions.paths is None and actions.allows(method, "/")):
-                return Verdict("allowed", "matched", method, self.host, shown, rule,
-                               target.encode("ascii"), kept, websocket)
-            if path is not None and actions.allows(method, path):
-                return Verdict("allowed", "matched", method, self.host, path, rule,
-                               target.encode("ascii"), kept, websocket)
+        rule = self.policy.request_rule(self.host, self.port, method, path)
+        if rule is not None:
+            return Verdict("allowed", "matched", method, self.host, shown, rule,
+                           target.encode("ascii"), kept, websocket)
         reason = (f"ambiguous path ({why})" if path is None
                   else f"no rule allows {method} {self.host}:{self.port}{path}")
         verdict = "audit" if self.policy.mode == "audit" else "denied"

@@ -61,6 +61,23 @@ def refusal(reason: str, status: int = _FORBIDDEN) -> bytes:
     return (head or b"") + body
 
 
+def _known_length(response: h11.Response, method: str) -> int | None:
+    """The body length h11 will read for `response`, when it is one Content-Length.
+
+    h11 has already refused conflicting Content-Length values; a response to HEAD, a
+    204 or 304 has no body whatever it says, and chunked bodies stay with h11.
+    """
+    if method == "HEAD" or response.status_code in (204, 304):
+        return 0
+    lengths = [v for k, v in response.headers if k == b"content-length"]
+    if len(lengths) != 1 or any(k == b"transfer-encoding" for k, _ in response.headers):
+        return None
+    try:
+        return int(lengths[0])
+    except ValueError:
+        return None
+
+
 @dataclass
 class _Sent:
     record: Record
@@ -79,6 +96,9 @@ class Exchange:
         self._refused: tuple[Record, int] | None = None  # answered once _sent is empty
         self._waiting_switch = False
         self.closed = False
+        # Bytes left of a response body of known length: counted as they pass, not parsed
+        # (`upstream_bytes`, and `body_passed` when the caller moved them itself).
+        self.body_left = 0
 
     # ------------------------------------------------------------------ client side
 
@@ -185,25 +205,54 @@ class Exchange:
         if self.closed:
             return out
         out.to_client += data
-        if not data:
+        ended = not data
+        if data and self.body_left:
+            data = self._count_body(out, data)
+        if ended and self.body_left:
+            # Upstream ended inside a body of known length: that response is cut short.
+            self.body_left = 0
+            if self._sent:
+                out.records.append(self._sent.popleft().record)
+        if ended:
             while self._sent:
-                self._response(out, b"")
+                self._response(out, b"", eof=True)
                 if self._sent and not self.closed:
                     self._sent.popleft()
             self.closed = True
             out.close = True
             self._settle(out, upstream_gone=True)
             return out
-        if self._sent:
+        if self._sent and data:
             self._response(out, data)
         self._settle(out)
         return out
 
-    def _response(self, out: Out, data: bytes) -> None:
-        while self._sent and not out.raw:
+    def body_passed(self, n: int) -> Out:
+        """`n` body bytes (at most `body_left`) went from upstream to the client without
+        passing through here (the relay spliced them)."""
+        out = Out()
+        self._count_body(out, b"", n)
+        self._settle(out)
+        return out
+
+    def _count_body(self, out: Out, data: bytes, passed: int = 0) -> bytes:
+        """Count body bytes of the current response; what follows the body is returned."""
+        n = passed or min(len(data), self.body_left)
+        self.body_left -= n
+        if self._sent:
+            self._sent[0].record.bytes_in += n
+            if self.body_left == 0:
+                out.records.append(self._sent.popleft().record)
+        return data[n:] if not passed else b""
+
+    def _response(self, out: Out, data: bytes, eof: bool = False) -> None:
+        while self._sent and not out.raw and not self.body_left:
             sent = self._sent[0]
             conn = sent.upstream
-            conn.receive_data(data)
+            if data or eof:
+                conn.receive_data(data)  # b"" tells h11 that upstream closed
+            else:
+                return
             data = b""
             try:
                 while True:
@@ -219,6 +268,19 @@ class Exchange:
                             return
                     elif isinstance(event, h11.Response):
                         sent.record.status = event.status_code
+                        length = _known_length(event, sent.record.verdict.method)
+                        if length is not None:
+                            # The body is counted, not parsed: h11 has read the head and
+                            # the length it names; the bytes go to the client as they are.
+                            buffered, _ = conn.trailing_data
+                            taken = min(len(buffered), length)
+                            sent.record.bytes_in += taken
+                            self.body_left = length - taken
+                            data = buffered[taken:]
+                            if self.body_left == 0:
+                                out.records.append(sent.record)
+                                self._sent.popleft()
+                            break
                     elif isinstance(event, h11.Data):
                         sent.record.bytes_in += len(event.data)
                     elif isinstance(event, h11.EndOfMessage):

@@ -7,6 +7,8 @@ thread: OpenSSL objects are not safe to read and write from two threads at once.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import select
 import socket
 import ssl
@@ -26,6 +28,13 @@ class Side:
     def __init__(self, sock: socket.socket, tls: ssl.SSLObject | None = None,
                  incoming: ssl.MemoryBIO | None = None,
                  outgoing: ssl.MemoryBIO | None = None) -> None:
+        # Each write here is a whole message (a handshake flight, a response part): sent at
+        # once. With Nagle, a flight written in two parts waited for the peer's delayed ACK
+        # (+40 ms per inspected connection in the bench).
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
         self.sock = sock
         self.tls = tls
         self.incoming = incoming
@@ -126,6 +135,44 @@ class Side:
             pass
 
 
+class _BodySplice:
+    """A response body of known length, moved socket -> pipe -> socket in the kernel.
+
+    Only for plain HTTP on both sides: h11 read the response head and its length, the
+    exchange counts the body, and its bytes never need to enter this process.
+    """
+
+    def __init__(self) -> None:
+        self.fds: tuple[int, int] | None = None
+
+    def move(self, src: socket.socket, dst: socket.socket, limit: int) -> int | None:
+        """Bytes moved (0: src ended); None when splice cannot be used here."""
+        splice = getattr(os, "splice", None)
+        if splice is None or src.gettimeout() is not None or dst.gettimeout() is not None:
+            return None
+        if self.fds is None:
+            self.fds = os.pipe()
+            try:
+                fcntl.fcntl(self.fds[1], fcntl.F_SETPIPE_SZ, 1 << 20)
+            except OSError:
+                pass
+        r, w = self.fds
+        try:
+            n: int = splice(src.fileno(), w, min(limit, 1 << 20))
+        except OSError:
+            return None
+        left = n
+        while left:
+            left -= splice(r, dst.fileno(), left)
+        return n
+
+    def close(self) -> None:
+        if self.fds is not None:
+            for fd in self.fds:
+                os.close(fd)
+            self.fds = None
+
+
 def run(client: Side, upstream: Side, exchange: Exchange, on_record: Callable[[Record], None],
         counts: list[int], first: bytes = b"") -> None:
     """Relay until both sides end or the exchange closes the connection.
@@ -134,6 +181,7 @@ def run(client: Side, upstream: Side, exchange: Exchange, on_record: Callable[[R
     """
     raw = False
     ended = {id(client): False, id(upstream): False}
+    body = _BodySplice() if client.tls is None and upstream.tls is None else None
 
     def apply(out: Out) -> bool:
         nonlocal raw
@@ -163,6 +211,15 @@ def run(client: Side, upstream: Side, exchange: Exchange, on_record: Callable[[R
             for side in live:
                 if side.sock not in readable:
                     continue
+                if side is upstream and body is not None and exchange.body_left and not raw:
+                    moved = body.move(upstream.sock, client.sock, exchange.body_left)
+                    if moved:
+                        counts[1] += moved
+                        if apply(exchange.body_passed(moved)):
+                            return
+                        continue
+                    if moved is None:
+                        body = None  # this pair cannot splice: the copy path from here on
                 data = side.recv()
                 if data is None:
                     continue
@@ -185,6 +242,8 @@ def run(client: Side, upstream: Side, exchange: Exchange, on_record: Callable[[R
     except (OSError, ssl.SSLError):
         pass
     finally:
+        if body is not None:
+            body.close()
         upstream.sock.close()
         _linger(client)
 

@@ -171,3 +171,33 @@ def test_websocket_upgrade_switches_to_raw_relay_after_101() -> None:
     out = ex.upstream_bytes(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
                             b"Connection: Upgrade\r\n\r\n")
     assert out.raw and out.records[0].status == 101
+
+
+def test_bodies_of_known_length_are_counted_across_reads_and_pipelined_responses() -> None:
+    ex = exchange(host_level())
+    ex.client_bytes(get("/a") + get("/b") + get("/c", extra=b"Connection: close\r\n"))
+    body = b"x" * 100_000
+    stream = (b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + body
+              + b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+              + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    records = []
+    relayed = b""
+    for i in range(0, len(stream), 7001):  # reads that cut heads and bodies anywhere
+        out = ex.upstream_bytes(stream[i:i + 7001])
+        relayed += out.to_client
+        records += out.records
+    assert relayed == stream
+    assert [(r.verdict.path, r.status, r.bytes_in) for r in records] == [
+        ("/a", 200, 100_000), ("/b", 404, 3), ("/c", 200, 2)]
+
+
+def test_a_body_passed_by_the_relay_is_counted_and_the_next_request_waits_for_it() -> None:
+    ex = exchange(host_level())
+    ex.client_bytes(get("/a"))
+    out = ex.upstream_bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n1234")
+    assert ex.body_left == 6 and out.records == []
+    refused = ex.client_bytes(get("/", "denied.example"))
+    assert refused.to_client == b""  # the 403 waits until the body before it is through
+    done = ex.body_passed(6)
+    assert [r.bytes_in for r in done.records] == [10, 0]
+    assert done.to_client.startswith(b"HTTP/1.1 403 ") and done.close

@@ -118,12 +118,10 @@ class RunCA:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         # Only HTTP/1.1 is offered: h2 is not checked, so it is never negotiated.
         ctx.set_alpn_protocols(ALPN)
-        # No TLS 1.3 session tickets: they are written after the handshake, apart from the
-        # response, and the agent's relay (Nagle on) held the response until the step's
-        # delayed ACK of the tickets (+40 ms a connection). Resumption would gain little:
-        # the leaf is cached, a full handshake costs one ECDHE.
-        ctx.num_tickets = 0
-        ctx.options |= ssl.OP_NO_TICKET
+        # TLS 1.3 session tickets stay on, though resumption is not used: their write right
+        # after the handshake also acknowledges the client's Finished at once. Without
+        # them, a client whose request waited behind its Finished (Nagle) waited for
+        # the delayed ACK: 52 ms instead of 7 ms a connection on loopback.
         fd = os.memfd_create("sbx-leaf", os.MFD_CLOEXEC)
         try:
             os.write(fd, blob)

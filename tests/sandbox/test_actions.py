@@ -212,6 +212,9 @@ def test_post_and_paths_outside_the_rule_are_denied_recorded_and_never_arrive(
         actions_run: ActionsRun) -> None:
     r = actions_run.results
     assert r["curl_post"]["out"] == "403"
+    assert (r["proxy_get"]["out"], r["proxy_post"]["out"]) == ("200", "403")
+    assert any(e["via"] == "proxy" and e["inspected"] and e["method"] == "POST"
+               for e in _http(actions_run) if e["verdict"] == "denied" and "method" in e)
     assert r["urllib_outside"] == {"status": 403}
     assert r["git_push"]["exit"] != 0
     assert r["plain_action_post"]["statuses"] == [403]

@@ -63,6 +63,11 @@ run("curl_get", ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}",
                  f"{TLS_URL}/simple/sbxdemo/"])
 run("curl_post", ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-d", "token=s3cret",
                   f"{TLS_URL}/simple/sbxdemo/"])
+# The same through the explicit proxy (CONNECT): inspected all the same.
+run("proxy_get", ["curl", "-sS", "--proxy", os.environ["SBX_PROXY"], "-o", "/dev/null",
+                  "-w", "%{http_code}", f"{TLS_URL}/simple/sbxdemo/"])
+run("proxy_post", ["curl", "-sS", "--proxy", os.environ["SBX_PROXY"], "-o", "/dev/null",
+                   "-w", "%{http_code}", "-d", "token=s3cret", f"{TLS_URL}/simple/sbxdemo/"])
 run("curl_own_store", ["curl", "-sS", "--cacert", "/etc/ssl/certs/ca-certificates.crt",
                        "-o", "/dev/null", f"{TLS_URL}/simple/"])
 for name, path in (("urllib_get", "/simple/sbxdemo/"), ("urllib_outside", "/upload")):

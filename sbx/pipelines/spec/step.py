@@ -360,13 +360,13 @@ def validate_step(loaded: LoadedDoc) -> StepSpec:
     return spec
 
 
-def read_upstream_ca(value: str, step_file: Path, line: int | None = None) -> str:
+def read_upstream_ca(value: str, step_file: Path, line: int | None = None,
+                     field: str = "egress.upstream_ca") -> str:
     """The PEM text of `egress.upstream_ca` (relative to the step file); `SpecError` when it
     cannot be read or holds no certificate."""
     from cryptography import x509
 
     path = (Path(step_file).parent / value) if not Path(value).is_absolute() else Path(value)
-    field = "egress.upstream_ca"
     try:
         data = path.read_bytes()[: 1 << 20]
     except OSError as exc:

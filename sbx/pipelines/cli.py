@@ -18,6 +18,7 @@ from pathlib import Path
 from rich.console import Console
 
 import sbx
+import sbx.pipelines.fast_start  # first: see its docstring
 from sbx.attest.signing.interface import SignerKind
 from sbx.errors import (
     EXIT_ENVIRONMENT,

@@ -13,7 +13,7 @@ from sbx.attest.errors import EvidenceInputError
 from sbx.attest.signing.local import PUBLIC_NAME, load_public_key
 from sbx.attest.verify.model import Status
 from sbx.attest.verify.policy import DEFAULT_POLICY, ReleasePolicy
-from sbx.attest.verify.trust import IdentityTrust, KeyTrust, Trust
+from sbx.attest.verify.trust import IdentityTrust, KeyTrust, Trust, TrustFlags
 from sbx.attest.verify.verifier import Report, verify_run
 from sbx.pipelines.run.evidence import DEFAULT_KEY_DIR
 from sbx.pipelines.spec.release import load_release_policy
@@ -35,17 +35,10 @@ class VerifyOptions:
 
 def choose_trust(options: VerifyOptions, policy: ReleasePolicy) -> Trust:
     """Flags first, then the policy's signer, then this project's own key."""
-    if options.keys and (options.identity or options.issuer):
-        raise EvidenceInputError("--key and --cert-identity exclude each other: verify "
-                                 "either a local key's or a Sigstore identity's signatures")
-    if options.identity or options.issuer:
-        if not (options.identity and options.issuer):
-            raise EvidenceInputError("--cert-identity and --cert-oidc-issuer go together: "
-                                     "pass both")
-        root = options.trusted_root or _policy_root(policy)
-        return IdentityTrust(options.identity, options.issuer, root)
-    if options.keys:
-        return KeyTrust([load_public_key(k) for k in options.keys])
+    flags = TrustFlags(options.keys, options.identity, options.issuer, options.trusted_root)
+    chosen = flags.trust(_policy_root(policy))
+    if chosen is not None:
+        return chosen
     signer = policy.signer
     if signer is not None and signer.key:
         return KeyTrust([load_public_key(Path(signer.key))])

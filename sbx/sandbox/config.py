@@ -17,6 +17,7 @@ class Limits:
     memory: int = 1 << 30
     pids: int = 512
     timeout: float = 3600.0
+    disk: int = 10 << 30  # bytes the step may write to its writable layer (see storage)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,10 @@ class SandboxOptions:
     runtime_image: str
     egress_network: str | None = None  # None: a fresh egress network per step
     host_ips: tuple[str, ...] = ()
-    probe_timeout: float = 1.0
+    # How long a probe waits for an answer that would prove a way out. An answer on
+    # these local links takes well under a millisecond; a silent drop is not taken on
+    # the timeout's word but on the firewall's record of it (probe_verdicts).
+    probe_timeout: float = 0.3
     ready_timeout: float = 20.0
     output_limits: OutputLimits = field(default_factory=OutputLimits)
 

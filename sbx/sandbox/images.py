@@ -73,9 +73,9 @@ RUNTIME_REPO = "sbx-runtime"
 STEP_REPO = "sbx-step"
 STEP_IMAGE = f"{STEP_REPO}:{SUITE}"
 
-# python3-h11 reads every HTTP request the gateway checks; python3-cryptography mints the
-# run CA and its leaves for TLS inspection.
-RUNTIME_PACKAGES: tuple[str, ...] = ("python3", "python3-dnslib", "python3-h11",
+# python3-h11 reads every HTTP request head and request the gateway checks; python3-idna
+# normalizes names; python3-cryptography mints the run CA and its leaves for TLS inspection.
+RUNTIME_PACKAGES: tuple[str, ...] = ("python3", "python3-dnslib", "python3-h11", "python3-idna",
                                      "python3-cryptography", "iptables", "iproute2")
 STEP_PACKAGES: tuple[str, ...] = ("python3", "python3-pip", "python3-setuptools", "python3-wheel",
                                   "git", "curl", "ca-certificates", "openssl")

@@ -70,10 +70,12 @@ class SandboxObjects:
         self._ready = {role: threading.Event() for role in ("gateway", "agent")}
         self._failed: dict[str, str] = {}
         self._followers: list[threading.Thread] = []
+        self._follower_of: dict[str, threading.Thread] = {}  # role -> its output's follower
         self._closed = False  # the runtime is being stopped (stop())
         self._removed = False  # the objects are being removed (close())
         self.faults: list[str] = []
         self.log_stats: dict[str, Any] = {"bytes": 0, "truncated": False, "dropped_bytes": 0}
+        self.storage: dict[str, Any] = {}  # run.json's `storage` (see sbx.sandbox.storage)
         self._log_writer: threading.Thread | None = None
         # Seconds per phase of this sandbox's life, for run.json and `make bench`.
         self.timings: dict[str, float] = {}
@@ -82,7 +84,8 @@ class SandboxObjects:
         # the probes' DNS canaries. Short, random labels: container names can pass 63 bytes.
         self.dns_canaries = {proto: f"sbx-canary-{secrets.token_hex(6)}"
                              for proto in ("udp", "tcp")}
-        self._probe_record: GatewayRecord | None = None  # the gateway's events while probing
+        self._probe_record: GatewayRecord | None = None  # the runtime's events while probing
+        self.fenced = False  # the probes' fence came back: nothing of theirs is still coming
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:

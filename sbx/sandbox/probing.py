@@ -1,23 +1,25 @@
-"""The fail-closed probes, run from inside the step's namespace before its command."""
+"""The fail-closed probes, run from inside the step's namespace before its command.
+
+They run as a `docker exec` in the agent's container (the namespace the step will
+share), as nobody, without capabilities and under no_new_privs, which the probes
+report and which is checked: a process start, not a container's create, start and
+removal.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
 from sbx.sandbox.config import ProbeResult
-from sbx.sandbox.objects import (
-    NOBODY,
-    PROXY_PORT,
-    RUNTIME_LIMITS,
-    STEP_SECURITY_OPT,
-    SandboxFailure,
-    SandboxObjects,
-    utcnow,
-)
-from sbx.sandbox.probe_verdicts import GatewayRecord, judge
+from sbx.sandbox.objects import NOBODY, PROXY_PORT, SandboxFailure, SandboxObjects, utcnow
+from sbx.sandbox.probe_verdicts import GatewayRecord, identity_problem, judge
+
+# How long to wait for the fence's record once the probes are done (see `probe`).
+FENCE_WAIT = 5.0
 
 
 class Probing(SandboxObjects):
@@ -35,12 +37,21 @@ class Probing(SandboxObjects):
                "host_ips": [net.bridge_ip],
                "peer_ips": list(peer_ips), "peer_proxy_port": PROXY_PORT,
                "ipv6_ips": _global_v6(self.options.host_ips)[:1] or ["fd00:5b::1"],
-               "proxy": f"{net.gateway_ip}:{PROXY_PORT}", "dns_canaries": self.dns_canaries}
+               "proxy": f"{net.gateway_ip}:{PROXY_PORT}", "dns_canaries": self.dns_canaries,
+               # A port no probe uses, so the fence's record is its own.
+               "fence": {"ip": net.bridge_ip, "port": 40000 + secrets.randbelow(20000)}}
         record = self._probe_record = GatewayRecord()
         try:
-            raw = self._run_probes(cfg)
-            # Some verdicts are the gateway's: wait for its record of each probe.
+            report = self._run_probes(cfg)
+            raw = report["probes"]
+            # Some verdicts are the gateway's or the firewall's: wait for each record.
             record.wait_for(raw)
+            # The fence: the firewall's record of a datagram sent after every probe. Once
+            # it is in, so is every drop record before it, and with every check above
+            # answered the probes have nothing left on its way: the step may start
+            # (without it, the executor waits for quiet instead).
+            fence = report.get("fence")
+            self.fenced = isinstance(fence, dict) and record.wait_for_fence(fence, FENCE_WAIT)
         finally:
             self._probe_record = None
         results = judge(raw, record.events())
@@ -51,26 +62,25 @@ class Probing(SandboxObjects):
                            "reason": r.detail, "violation": (not r.blocked) or None})
         return results
 
-    def _run_probes(self, cfg: dict[str, Any]) -> list[dict[str, Any]]:
-        """Run the probe container in the agent's namespace; its raw JSON results."""
-        cid = self._create(
-            "probe", image=self.options.runtime_image, user=NOBODY,
-            command=["python3", "-m", "sbx.sandbox.runtime.probe"],
-            environment={"SBX_CONFIG": json.dumps(cfg)},
-            host_config=self.api.create_host_config(
-                cap_drop=["ALL"], security_opt=list(STEP_SECURITY_OPT), read_only=True,
-                network_mode=f"container:{self.containers['agent']}", **RUNTIME_LIMITS))
-        self.api.start(cid)
-        code = self.api.wait(cid, timeout=60)["StatusCode"]
-        out = self.api.logs(cid, stdout=True, stderr=False).decode("utf-8", "replace")
-        self._remove("probe")
+    def _run_probes(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Run the probes in the agent's container as nobody; their JSON report."""
+        exec_id = self.api.exec_create(
+            self.containers["agent"], ["python3", "-m", "sbx.sandbox.runtime.probe"],
+            user=NOBODY, environment={"SBX_CONFIG": json.dumps(cfg)},
+            stdout=True, stderr=False)["Id"]
+        out = self.api.exec_start(exec_id).decode("utf-8", "replace")
+        code = self.api.exec_inspect(exec_id).get("ExitCode")
         try:
-            raw = json.loads(out.strip().splitlines()[-1])["probes"]
+            report = json.loads(out.strip().splitlines()[-1])
+            raw = report["probes"]
             if not isinstance(raw, list) or not all(isinstance(p, dict) for p in raw):
                 raise TypeError
         except (ValueError, IndexError, KeyError, TypeError):
             raise SandboxFailure(f"the probes did not report (exit {code})") from None
-        return raw
+        problem = identity_problem(report.get("identity"))
+        if problem is not None:
+            raise SandboxFailure(f"fail closed: {problem}")
+        return dict(report)
 
     def _egress_side_ips(self) -> list[str]:
         """The host bridge of the egress network and the gateway's own egress address."""

@@ -17,7 +17,7 @@ import docker
 from docker.errors import NotFound
 
 from sbx.errors import EnvironmentFailure
-from sbx.sandbox import trust
+from sbx.sandbox import storage, trust
 from sbx.sandbox.archive import ArchiveError, OutputFile, pack_inputs, unpack_output
 from sbx.sandbox.config import SandboxFacts
 from sbx.sandbox.engine import ENGINE_ERRORS
@@ -67,18 +67,32 @@ class Sandbox(Teardown, Probing, RuntimeStart):
         if step.read_only_rootfs:
             vol = self.api.create_volume(name=self._name("work"), labels=self._labels("volume"))
             mounts.append(docker.types.Mount(step.workdir, vol["Name"], type="volume"))
-        cid = self._create(
-            "step", image=step.image_id or step.image, command=list(step.command),
-            environment=env,
-            working_dir=step.workdir, user=step.user or "",
-            host_config=self.api.create_host_config(
-                network_mode=f"container:{self.containers['agent']}",
-                cap_drop=["ALL"], security_opt=list(STEP_SECURITY_OPT), privileged=False,
-                read_only=step.read_only_rootfs, pids_limit=step.limits.pids,
-                mem_limit=step.limits.memory, memswap_limit=step.limits.memory,
-                nano_cpus=int(step.limits.cpus * 1e9), ipc_mode="private", init=True,
-                tmpfs={p: "rw,nosuid,nodev,size=268435456" for p in step.tmpfs},
-                mounts=mounts))
+        def create(storage_opt: dict[str, str] | None) -> str:
+            return self._create(
+                "step", image=step.image_id or step.image, command=list(step.command),
+                environment=env,
+                working_dir=step.workdir, user=step.user or "",
+                host_config=self.api.create_host_config(
+                    network_mode=f"container:{self.containers['agent']}",
+                    cap_drop=["ALL"], security_opt=list(STEP_SECURITY_OPT), privileged=False,
+                    read_only=step.read_only_rootfs, pids_limit=step.limits.pids,
+                    mem_limit=step.limits.memory, memswap_limit=step.limits.memory,
+                    nano_cpus=int(step.limits.cpus * 1e9), ipc_mode="private", init=True,
+                    tmpfs={p: "rw,nosuid,nodev,size=268435456" for p in step.tmpfs},
+                    mounts=mounts, storage_opt=storage_opt))
+
+        # A hard disk bound where the storage driver has one, else a measured one.
+        disk = step.limits.disk
+        try:
+            cid = create({"size": str(disk)})
+            self.storage = storage.record(disk, storage.HARD, step.read_only_rootfs)
+        except EnvironmentFailure as exc:
+            if not storage.unsupported(str(exc)):
+                raise
+            cid = create(None)
+            self.storage = storage.record(disk, storage.MEASURED, step.read_only_rootfs)
+        watch = storage.Watch(self.api, cid, disk, self.storage) \
+            if self.storage["enforced_by"] == storage.MEASURED else None
         began = self._add_time("step_create", began)
         if step.read_only_rootfs:
             archive = pack_inputs(step.inputs, ".", uid, gid)
@@ -90,6 +104,8 @@ class Sandbox(Teardown, Probing, RuntimeStart):
         began = self._add_time("copy_in", began)
         output = self._attach(cid, stderr=True)
         self.api.start(cid)
+        if watch is not None:
+            watch.start()
         if self.recorder_failed():  # failed between the check above and the start
             self.api.kill(cid)
         writer = threading.Thread(target=self._write_log, args=(output, log_path, mask),
@@ -104,6 +120,9 @@ class Sandbox(Teardown, Probing, RuntimeStart):
             self.api.kill(cid)
             self.api.wait(cid, timeout=30)
             status, code = "timeout", None
+        finally:
+            if watch is not None:
+                watch.stop()
         writer.join(timeout=10)
         self._log_writer = writer
         self._add_time("step", began)

@@ -32,14 +32,19 @@ class RuntimeStart(Recorder):
 
     def prepare(self) -> None:
         """Create the network, then the gateway and agent at once; wait until both are ready."""
-        with self.timed("network"):
+        with self.timed("network"), ThreadPoolExecutor(max_workers=2) as pool:
+            # Both networks at once: the engine serves the two calls side by side.
             egress = self.options.egress_network
+            made = None
             if egress is None:
                 egress = self._name("egress")
-                create_egress_network(self.client, egress, self._labels("network"))
+                made = pool.submit(create_egress_network, self.client, egress,
+                                   self._labels("network"))
             self.egress_network = egress
             net = create_step_network(self.client, self._name("net"), self._labels("network"))
             self.network = net
+            if made is not None:
+                made.result()
         policy = self.step.policy
         relay_token = secrets.token_hex(16)
         gw_cfg = {"step": self.step.name, "policy": policy.to_dict(), "listen_ip": net.gateway_ip,
@@ -105,6 +110,7 @@ class RuntimeStart(Recorder):
         follower = threading.Thread(target=self._follow, args=(role, cid, output), daemon=True)
         follower.start()
         self._followers.append(follower)
+        self._follower_of[role] = follower
 
     def _attach(self, cid: str, stderr: bool) -> Iterator[bytes]:
         """The container's live output, attached before it starts.
@@ -171,8 +177,8 @@ class RuntimeStart(Recorder):
                 return  # liveness, not a record: only the last beat's counters are kept
         self._itemized_by_firewall(event)
         record = self._probe_record
-        if role == "gateway" and record is not None:
-            record.add(event)
+        if record is not None:
+            record.add(event, role)
         if event.get("kind") == role:
             if event.get("phase") == "ready":
                 if role == "agent":

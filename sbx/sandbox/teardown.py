@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -61,7 +62,7 @@ class Teardown(Recorder):
                     self.faults.append(f"could not remove the {role}: {exc}")
 
         with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(remove, ("step", "probe", "agent", "gateway")))
+            list(pool.map(remove, ("step", "agent", "gateway")))
         try:
             remove_by_label(self.client, {L.RUN: self.run_id, L.STEP: self.step.name})
         except ENGINE_ERRORS as exc:
@@ -88,14 +89,31 @@ class Teardown(Recorder):
             return
         try:
             if role == "gateway":  # SIGTERM lets the gateway report the bytes of open flows
-                self.api.stop(cid, timeout=2)
+                self._terminate(role, cid)
             else:  # the agent writes each event as it happens: only its counters are left
+                # The counters are the kernel's, complete once the step has exited: read
+                # them while the last NFLOG lines come in, not after.
+                counters = threading.Thread(target=self.read_firewall_counters, daemon=True)
+                counters.start()
                 if self._followers:
                     self._quiesce("agent")
-                self.read_firewall_counters()
-                self.api.stop(cid, timeout=2)  # SIGTERM: its final heartbeat
+                counters.join()
+                self._terminate(role, cid)  # SIGTERM: its final heartbeat
         except ENGINE_ERRORS:
             pass
+
+    def _terminate(self, role: str, cid: str, grace: float = 2.0) -> None:
+        """SIGTERM, then SIGKILL after `grace` seconds, as `docker stop` does; but done
+        once the process has exited (its output stream ended: every line is in), not
+        once the engine has also torn the container down, which `close()` waits for."""
+        follower = self._follower_of.get(role)
+        if follower is None:
+            self.api.stop(cid, timeout=int(grace))
+            return
+        self.api.kill(cid, signal="SIGTERM")
+        follower.join(grace)
+        if follower.is_alive():
+            self.api.kill(cid)
 
 def remove_by_label(client: docker.DockerClient, match: dict[str, str]) -> list[str]:
     """Remove containers, then networks and volumes, whose labels include `match`."""

@@ -14,9 +14,9 @@ import pytest
 
 from sbx.sandbox.sandbox import Sandbox
 
-PHASES = ("image", "network", "runtime_start", "runtime_ready", "peers_wait", "probes",
-          "settle", "needs_wait", "step_create", "copy_in", "step", "copy_out", "facts", "stop",
-          "cleanup")
+PHASES = ("image", "prepare_wait", "network", "runtime_start", "runtime_ready", "peers_wait",
+          "probes", "settle", "needs_wait", "step_create", "copy_in", "step", "copy_out", "facts",
+          "stop", "cleanup")
 
 
 @pytest.mark.docker

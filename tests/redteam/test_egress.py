@@ -40,10 +40,8 @@ def test_egress_attack_is_blocked_and_recorded(batch: Batch, name: str) -> None:
 def test_no_egress_attack_reached_a_canary(batch: Batch) -> None:
     assert batch.sink_seen == [], "a packet reached the sink"
     assert batch.other_hits == [], "a request reached other.sbx.test"
-    # The redirected attempts reached web.sbx.test and nothing the step named instead.
-    assert {h["path"] for h in batch.web_hits} >= {"/inner-sni"}
-    # Two Host headers: h11 refuses the request, so it reaches no one (issue 15).
-    assert "/dup" not in {h["path"] for h in batch.web_hits}
+    # The mismatches (another name inside CONNECT, two Host headers) reach nothing at all.
+    assert not {h["path"] for h in batch.web_hits} & {"/inner-sni", "/dup"}
     # Enforce mode: the step's command finished, the run failed on its denied flows.
     assert batch.run.step("netbatch")["exit_code"] == 0
     assert batch.run.result.exit_code == 1
@@ -56,3 +54,15 @@ def test_allowed_name_resolving_to_an_internal_address_is_refused(lan: Batch, na
 
 def test_internal_address_of_an_allowed_name_never_reached(lan: Batch) -> None:
     assert lan.sink_seen == [], f"a packet reached the internal canary: {lan.sink_seen}"
+
+
+def test_a_refusal_tells_the_step_nothing_about_internal_addresses(lan: Batch) -> None:
+    """The 403 once said "internal.sbx.test resolves only to internal addresses
+    ['10.99.x.20']", mapping the CI host's internal DNS for the step; the detail is
+    for the record only."""
+    result = lan.results["egress/allowed-name-resolving-internal-absolute-uri"]
+    assert result["body"].startswith("HTTP/1.1 403"), result
+    assert "denied by policy" in result["body"] and "10.99." not in result["body"]
+    [event] = lan._assigned(lan.run.events_of(lan.step))[
+        "egress/allowed-name-resolving-internal-absolute-uri"]
+    assert "10.99." in event["reason"]  # the detail stays in the evidence

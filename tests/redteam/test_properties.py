@@ -76,17 +76,31 @@ def _internal(draw: st.DrawFn) -> str:
 @given(_internal(), _name, st.sampled_from(["enforce", "audit"]))
 def test_the_gateway_never_allows_an_internal_address_on_a_name_rule(
         ip: str, name: str, mode: str) -> None:
-    """Whatever the name rules say, and even after DNS answered the address for an
-    allowed name, an internal address is refused as such, raw or through a name."""
+    """Whatever the name rules say, an internal address is refused as such, raw or
+    through a name."""
     gate = Gate(step="s", policy=Policy(mode=mode, rules=(parse_rule(f"{name}:443"),
                                                           parse_rule("*.example.org"))),
                 refused=())
-    gate.answered[ip] = name
     by_address = gate.decide_ip(ip, 443)
     assert by_address.verdict == "denied" and by_address.internal, by_address
     gate.resolve = lambda *_a, **_k: [ip]  # type: ignore[method-assign]
     by_name = gate.decide_name(name, 443)
     assert by_name.verdict == "denied" and by_name.internal and not by_name.addresses
+
+
+@given(st.integers(0x0B000000, 0x0BFFFFFF).map(lambda n: str(ipaddress.IPv4Address(n))),
+       _name, st.sampled_from([22, 80, 443, 8443]))
+def test_a_name_rule_never_allows_an_address_alone(ip: str, name: str, port: int) -> None:
+    """Issue 12: the address a name resolves to may serve other tenants, so without a name
+    in the connection (CONNECT <ip>, silence, no SNI) a name rule allows nothing, even
+    when the name resolves to exactly that address; only `nameless` says otherwise."""
+    for nameless in (False, True):
+        rule = parse_rule(f"{name}:{port}", nameless=nameless)
+        gate = Gate(step="s", policy=Policy(rules=(rule,)), refused=())
+        gate.resolve = lambda *_a, **_k: [ip]  # type: ignore[method-assign]
+        decided = gate.decide_ip(ip, port)
+        assert decided.passes == nameless, decided
+        assert not gate.decide_ip(ip, port + 1).passes
 
 
 # -- the YAML loader ---------------------------------------------------------------------

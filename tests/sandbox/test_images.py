@@ -158,7 +158,10 @@ def test_runtime_image_runs_the_runtime_code(client: Any) -> None:
         [
             "python3",
             "-c",
-            "import dnslib, sbx.sandbox.runtime, sbx.sandbox.policy; print('ok')",
+            # Every entry point, so every third-party module they import (dnslib, h11,
+            # idna) must be in the image.
+            "import sbx.sandbox.runtime.gateway, sbx.sandbox.runtime.agent, "
+            "sbx.sandbox.runtime.probe, sbx.sandbox.policy; print('ok')",
         ],
         remove=True,
         network_disabled=True,

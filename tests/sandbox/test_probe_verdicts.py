@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from sbx.sandbox.probe_verdicts import GatewayRecord, judge, pending
+from sbx.sandbox.probe_verdicts import GatewayRecord, identity_problem, judge, pending
 
 RELAYED: dict[str, Any] = {
     "name": "egress-raw-ip", "kind": "tcp", "target": "198.18.0.1:80", "blocked": True,
@@ -117,3 +117,77 @@ def test_the_record_wait_gives_up_and_the_probe_counts_as_reached() -> None:
     record = GatewayRecord()
     record.wait_for([CANARY], timeout=0.01)
     assert not judge([CANARY], record.events())[0].blocked
+
+
+# -- probes whose packet the namespace's own firewall must drop ----------------------------
+DIRECT: dict[str, Any] = {
+    "name": "host-bridge-udp", "kind": "udp", "target": "10.222.0.1:33434", "blocked": True,
+    "detail": "no answer: [Errno 1] Operation not permitted", "reached_if": "...",
+    "check": {"drop": {"protocol": "udp", "dst_ip": "10.222.0.1", "dst_port": 33434}}}
+
+
+def firewall_drop(**over: Any) -> dict[str, Any]:
+    event = {"kind": "udp", "protocol": "udp", "dst_ip": "10.222.0.1", "dst_port": 33434,
+             "verdict": "denied", "layer": "firewall", "_role": "agent"}
+    event.update(over)
+    return event
+
+
+def test_a_silent_probe_is_blocked_only_on_the_firewalls_record_of_the_drop() -> None:
+    (result,) = judge([DIRECT], [firewall_drop()])
+    assert result.blocked and "the sandbox firewall dropped it" in result.detail
+    (result,) = judge([DIRECT], [])
+    assert not result.blocked and "no record of dropping it" in result.detail
+
+
+@pytest.mark.parametrize("event", [
+    firewall_drop(_role="gateway"),  # the gateway's stream cannot vouch for the firewall
+    firewall_drop(layer=None), firewall_drop(verdict="allowed"), firewall_drop(dst_port=33435),
+    firewall_drop(dst_ip="10.222.0.2"), firewall_drop(protocol="tcp"),
+], ids=["gateway-stream", "not-the-firewall", "not-a-denial", "other-port", "other-address",
+        "other-protocol"])
+def test_another_packets_drop_does_not_count(event: dict[str, Any]) -> None:
+    (result,) = judge([DIRECT], [event])
+    assert not result.blocked
+
+
+def test_an_agent_event_never_stands_for_the_gateways_record() -> None:
+    record = GatewayRecord()
+    record.add(refusal(), "agent")
+    (result,) = judge([RELAYED], record.events())
+    assert not result.blocked
+    record.add(refusal(), "gateway")
+    (result,) = judge([RELAYED], record.events())
+    assert result.blocked
+
+
+def test_an_ipv6_drop_matches_in_any_spelling() -> None:
+    probe = dict(DIRECT, check={"drop": {"protocol": "tcp", "dst_ip": "fd00:5b:0::1",
+                                         "dst_port": 80}})
+    (result,) = judge([probe], [firewall_drop(protocol="tcp", dst_ip="fd00:5b::1",
+                                              dst_port=80, kind="ipv6")])
+    assert result.blocked
+
+
+def test_the_fence_waits_for_its_own_record() -> None:
+    record = GatewayRecord()
+    fence = {"protocol": "udp", "dst_ip": "10.222.0.1", "dst_port": 41234}
+    record.add(firewall_drop(dst_port=41233), "agent")
+    assert not record.wait_for_fence(fence, timeout=0.05)
+    threading.Timer(0.05, record.add, (firewall_drop(dst_port=41234), "agent")).start()
+    assert record.wait_for_fence(fence, timeout=5)
+
+
+NOBODY_ID = {"uid": 65534, "gid": 65534, "CapInh": "0000000000000000",
+             "CapPrm": "0000000000000000", "CapEff": "0000000000000000",
+             "CapBnd": "00000000000011c0", "CapAmb": "0000000000000000", "NoNewPrivs": "1"}
+
+
+def test_probes_run_unprivileged_or_the_sandbox_fails_closed() -> None:
+    assert identity_problem(NOBODY_ID) is None
+    assert "ran as 0" in str(identity_problem(dict(NOBODY_ID, uid=0)))
+    assert "CapEff" in str(identity_problem(dict(NOBODY_ID, CapEff="0000000000001000")))
+    assert "CapAmb" in str(identity_problem(dict(NOBODY_ID, CapAmb="0000000000001000")))
+    assert "no_new_privs" in str(identity_problem(dict(NOBODY_ID, NoNewPrivs="0")))
+    assert identity_problem(None) is not None
+    assert identity_problem(dict(NOBODY_ID, CapPrm="zz")) is not None

@@ -21,6 +21,7 @@ from securesystemslib.exceptions import VerificationError as SslibVerificationEr
 from securesystemslib.signer import Key
 
 from sbx.attest.errors import EvidenceInputError
+from sbx.attest.signing.local import load_public_key
 from sbx.attest.statements import PAYLOAD_TYPE
 
 
@@ -160,3 +161,31 @@ def _trusted_root(path: Path | None) -> Any:
         raise EvidenceInputError(f"{path}: not a Sigstore trusted root or trust config "
                                  f"({' '.join(str(exc).split())[:200]}): pass the "
                                  "trusted_root.json of your Sigstore instance") from exc
+
+
+@dataclass(frozen=True)
+class TrustFlags:
+    """Whom the command line says to trust, and the flag names its errors cite."""
+
+    keys: tuple[Path, ...] = ()
+    identity: str | None = None
+    issuer: str | None = None
+    trusted_root: Path | None = None
+    key_flag: str = "--key"
+    identity_flag: str = "--cert-identity"
+    issuer_flag: str = "--cert-oidc-issuer"
+
+    def trust(self, default_root: Path | None = None) -> Trust | None:
+        """The trust the flags name, or None if they name none."""
+        if self.keys and (self.identity or self.issuer):
+            raise EvidenceInputError(
+                f"{self.key_flag} and {self.identity_flag} exclude each other: trust either "
+                "a local key or a Sigstore identity")
+        if self.identity or self.issuer:
+            if not (self.identity and self.issuer):
+                raise EvidenceInputError(
+                    f"{self.identity_flag} and {self.issuer_flag} go together: pass both")
+            return IdentityTrust(self.identity, self.issuer, self.trusted_root or default_root)
+        if self.keys:
+            return KeyTrust([load_public_key(k) for k in self.keys])
+        return None

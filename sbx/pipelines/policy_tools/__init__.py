@@ -6,15 +6,16 @@ new policy would deny, and flows it would newly allow. `sbx learn RUN_DIR` propo
 step, the smallest allowlist that covers what the run let through (typically an audit
 run). Both read only the run's records (docs/records.md) and decide with the same
 matcher the gateway uses (`sbx.sandbox.policy`), following the gateway's own order of
-checks (`sbx.sandbox.runtime.gateway.Gate`):
+checks (`sbx.sandbox.runtime.gate.Gate`):
 
 * DNS: a name is answered when some host/suffix rule allows it on any port
   (`Policy.allows_dns`); otherwise NXDOMAIN.
 * TCP to a name (CONNECT host, SNI or Host): `Policy.match_name(name, port)`; a name
   that is an IP literal is judged as that IP, exactly as `Gate.decide_name` does.
-* TCP to a bare IP: internal addresses pass only when an IP rule names them, sbx's
-  step pool never; then `Policy.match_ip`, and failing that the name the gateway's DNS
-  last answered with that IP (for an allowed name), judged by name and port.
+* TCP to a bare IP (no SNI, Host or CONNECT name): internal addresses pass only when
+  an IP rule names them, sbx's step pool never; then `Policy.match_ip`, or the same
+  `nameless` rule that allowed it in the recorded run. A name a DNS answer once gave
+  for the address never allows it (the gateway keeps no such map).
 * UDP, ICMP, IPv6 and every other kind: always denied. There is no route for them;
   the agent drops and logs them whatever the policy says.
 

@@ -8,7 +8,7 @@ See the package docstring for that order; what a dry run cannot know is
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -46,16 +46,11 @@ class Flow:
     """One recorded egress decision on a step's own traffic (after its `step_started`).
 
     `verdict` is the recorded one (allowed, audit, denied or failed) and `rule` the text
-    of the allow entry that matched then, if any. Two fields carry what the gateway's
-    decision depended on beyond the policy:
-
-    * `answered`: for a TCP flow to a bare IP, the names the step's DNS answers mapped
-      that IP to before the flow, oldest first (each name once, at its latest place).
-      The gateway lets such a flow through when the last of them that the policy
-      answers for is allowed on the flow's port.
-    * `always_denied`: the gateway or agent denied this flow although the run's own
-      policy allowed it (internal-only resolution, a refused address, the gateway
-      unreachable), so no allow entry would change the outcome.
+    of the allow entry that matched then, if any. `always_denied`: the gateway or agent
+    denied this flow although the run's own policy allowed it (internal-only resolution,
+    a refused address, the gateway unreachable), so no allow entry would change the
+    outcome. A TCP flow without a name was judged by its address alone: an IP rule, or a
+    `nameless` rule whose host resolved to it (never a name a DNS answer once gave).
     """
 
     step: str
@@ -65,7 +60,6 @@ class Flow:
     port: int | None
     verdict: str
     rule: str | None
-    answered: tuple[str, ...] = ()
     always_denied: bool = False
 
     def target(self) -> str:
@@ -106,24 +100,19 @@ def _ip_literal(text: str) -> str | None:
 
 
 def _decide_ip(policy: Policy, ip: str, port: int | None,
-               answered: Sequence[str]) -> tuple[bool, Rule | None]:
-    """`Gate.decide_ip`: (blocked, the matching rule or None)."""
+               recorded_rule: str | None) -> tuple[bool, Rule | None]:
+    """`Gate.decide_address`: (blocked, the matching rule or None).
+
+    A `nameless` rule allowed the address when its host resolved to it; resolution is
+    not replayed, so the same nameless rule (by text) allows the flow again.
+    """
     if _blocked_address(policy, ip, port):
         return True, None
     rule = policy.match_ip(ip, port)
-    if rule is None:
-        # The gateway remembers only answers for names the policy allows, latest last.
-        name = next((n for n in reversed(answered) if _dns_rule(policy, n) is not None), None)
-        if name is not None:
-            rule = policy.match_name(name, port)
+    if rule is None and recorded_rule is not None:
+        rule = next((r for r in policy.rules if r.nameless and r.text == recorded_rule
+                     and (r.port is None or r.port == port)), None)
     return False, rule
-
-
-def _dns_rule(policy: Policy, name: str) -> Rule | None:
-    try:
-        return policy.allows_dns(normalize_name(name))
-    except PolicyError:
-        return None
 
 
 def decide(policy: Policy, flow: Flow) -> tuple[str, Rule | None]:
@@ -154,7 +143,7 @@ def decide(policy: Policy, flow: Flow) -> tuple[str, Rule | None]:
             ip = literal or flow.ip
             if ip is None:
                 return DENIED, None  # a request the gateway could not even parse
-            blocked, rule = _decide_ip(policy, ip, flow.port, flow.answered)
+            blocked, rule = _decide_ip(policy, ip, flow.port, flow.rule)
             if blocked:
                 return DENIED, None
     if rule is not None:

@@ -107,13 +107,9 @@ def _destination(flow: Flow) -> tuple[str, int | None, bool] | str:
         # Internal, loopback and metadata addresses are never proposed: the gateway refuses
         # them without an explicit IP rule, and writing one must be a human decision.
         return f"{ip} is an internal address; sbx learn never proposes one"
-    # The gateway lets a bare-IP flow through by the name its DNS last answered for that
-    # IP. Learned names are exactly the learnable ones, so the last learnable name in the
-    # history is the one the gateway will use under the proposal; a name survives the
-    # next address change, an IP entry does not.
-    names = [n for n in map(_learnable_name, flow.answered) if n is not None]
-    if names:
-        return names[-1], flow.port, True
+    # A flow that named nothing (no SNI, no Host, no CONNECT name) is never turned into
+    # a name rule: under a name rule the gateway would deny it (a name rule needs the
+    # name in the connection), and proposing one would launder an address into a name.
     entry = _ip_entry(ip, flow.port)
     try:
         parse_rule(entry)
@@ -183,9 +179,8 @@ def learn(flows: Sequence[Flow]) -> dict[str, list[str]]:
     Covers every DNS and TCP flow the recorded run let through (allowed, audit, or failed
     after the gateway let it through): an exact ``host:port`` per name and port, a bare
     ``host`` only for names that were looked up and never connected to (DNS is answered
-    for any port), never a wildcard. A flow to a bare IP is covered by the name the step's
-    DNS answered with that IP when there is one (the gateway allows it by that name),
-    else by ``ip:port`` for a public address. Internal, loopback and metadata addresses,
+    for any port), never a wildcard. A flow that named nothing (to a bare IP) is covered
+    by ``ip:port`` for a public address, never by a name. Internal, loopback and metadata addresses,
     names the allow parser refuses, denied flows and non-TCP traffic are never proposed;
     `unlearnable` lists them. Every step with flows is a key, possibly with an empty list.
     """

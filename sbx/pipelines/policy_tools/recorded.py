@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -19,20 +18,12 @@ from sbx.pipelines.policy_tools.decide import (
     Flow,
     decide,
 )
-from sbx.pipelines.run.records import is_decision, parse_time
+from sbx.pipelines.run.records import is_decision, parse_time, read_events
 from sbx.sandbox.policy import (
     Policy,
     PolicyError,
     parse_rule,
 )
-
-
-def _canonical_ip(text: str) -> str | None:
-    """The address in one spelling, so DNS answers and flows compare equal; None if not one."""
-    try:
-        return str(ipaddress.ip_address(text.strip("[]")))
-    except ValueError:
-        return None
 
 
 def _port(value: Any) -> int | None:
@@ -92,17 +83,9 @@ def _recorded_policy(data: Any) -> Policy | None:
 
 
 def _events(path: Path) -> Iterable[dict[str, Any]]:
-    """Every JSON object line of events.jsonl, in the order written; other lines skipped."""
+    """The run's events; a missing or unreadable file is the user's input error."""
     try:
-        # errors="replace": one undecodable line must not hide the rest of the record.
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(event, dict):
-                    yield event
+        yield from read_events(path, strict=True)
     except FileNotFoundError:
         raise InputError(f"{path}: not found; pass the directory of a run") from None
     except OSError as exc:
@@ -120,9 +103,6 @@ def recorded_flows(run_dir: Path) -> list[Flow]:
     is not a run record.
     """
     steps = _read_steps(run_dir / "run.json")
-    # Per step, IP -> names its DNS answers carried, oldest first: the gateway's
-    # `answered` map, kept as a history so a dry run can replay it under another policy.
-    history: dict[str, dict[str, list[str]]] = {}
     flows: dict[Flow, None] = {}
     for event in _events(run_dir / "events.jsonl"):
         step = event.get("step")
@@ -138,17 +118,11 @@ def recorded_flows(run_dir: Path) -> list[Flow]:
         name = _text(event.get("name"))
         ip = _text(event.get("dst_ip"))
         port = _port(event.get("dst_port"))
-        answered: tuple[str, ...] = ()
-        if kind == "tcp" and name is None and ip is not None:
-            key = _canonical_ip(ip)
-            answered = tuple(history.get(step, {}).get(key, ())) if key else ()
         flow = Flow(step=step, kind=kind, name=name, ip=ip, port=port, verdict=str(verdict),
-                    rule=_text(event.get("rule")), answered=answered)
+                    rule=_text(event.get("rule")))
         if verdict == DENIED and _denied_regardless(event, flow, record.policy):
             flow = replace(flow, always_denied=True)
         flows.setdefault(flow, None)
-        if kind == "dns" and name is not None:
-            _remember_answers(history.setdefault(step, {}), name, event.get("answers"))
     return list(flows)
 
 
@@ -159,18 +133,6 @@ def _after(time: Any, started: datetime) -> bool:
     except (ValueError, TypeError):  # TypeError: a time without a zone against one with
         return False
 
-
-def _remember_answers(seen: dict[str, list[str]], name: str, answers: Any) -> None:
-    if not isinstance(answers, list):
-        return
-    for answer in answers:
-        key = _canonical_ip(answer) if isinstance(answer, str) else None
-        if key is None:
-            continue
-        names = seen.setdefault(key, [])
-        if name in names:
-            names.remove(name)  # the gateway's map keeps the latest answer for an IP
-        names.append(name)
 
 
 def _denied_regardless(event: Mapping[str, Any], flow: Flow, policy: Policy | None) -> bool:

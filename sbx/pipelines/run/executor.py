@@ -1,10 +1,11 @@
 """Running the steps of a run: one worker thread per step, each in its own sandbox.
 
-Every sandbox is prepared at once, so later steps' networks, gateways and agents
-come up while earlier steps run. Once all are up, each step probes from inside
-its own namespace, including every other live step's addresses (peer probes),
-then waits for the steps it needs. A step whose need did not succeed is skipped.
-Hand-offs come from the run's content-addressed store, re-hashed on the way in.
+Every step's sandbox is prepared as soon as one of PREPARE_SLOTS is free, so later
+steps' networks, gateways and agents come up while earlier steps run. Each step then
+probes from inside its own namespace, including its live neighbours' addresses (peer
+probes, see `sbx.pipelines.run.peers`), then waits for the steps it needs. A step whose need
+did not succeed is skipped. Hand-offs come from the run's content-addressed store,
+re-hashed on the way in.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from sbx.errors import EXIT_FAILED, SbxError, is_disk_failure, run_dir_failure
 from sbx.pipelines.report.alerts import WebhookAlerter
 from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run.evidence import workspace_materials
-from sbx.pipelines.run.records import FLOW_VERDICTS, EventLog, Masker, parse_time, write_json
+from sbx.pipelines.run.peers import OrderedSlots, neighbours
+from sbx.pipelines.run.records import FLOW_VERDICTS, EventLog, Masker, parse_time
 from sbx.pipelines.spec.pipeline import PlannedStep
 from sbx.sandbox.archive import OutputFile
 from sbx.sandbox.config import ProbeResult, SandboxFacts, StepConfig
@@ -33,6 +35,9 @@ from sbx.sandbox.engine import is_unreachable, lost
 from sbx.sandbox.sandbox import Sandbox, SandboxFailure, utcnow
 
 STORE = "store/sha256"
+# Sandboxes prepared at once (in run order): two containers and two networks each,
+# through one engine. More only queue inside the engine and slow every step alike.
+PREPARE_SLOTS = 4
 FINAL = frozenset({"succeeded", "failed", "timeout", "blocked", "skipped", "error"})
 
 
@@ -92,6 +97,7 @@ class Executor:
     alerter: WebhookAlerter | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _prepare_slots: OrderedSlots = field(default_factory=lambda: OrderedSlots(PREPARE_SLOTS))
 
     def start(self) -> list[threading.Thread]:
         """One worker per step, started at once."""
@@ -175,23 +181,37 @@ class Executor:
             self._finish(st)
 
     def _prepare(self, st: StepState) -> None:
-        if st.error is not None:  # its image could not be had (runner._pull_images)
-            raise st.error
-        self._set(st, status="preparing", started=utcnow())
-        with st.sandbox.timed("image"):
-            st.record["image"]["id"] = st.sandbox.image_digest()
-        self.view.phase(st.name, "preparing the sandbox (network, gateway, agent)")
+        ticket = list(self.steps).index(st.name)
+        admitted = False
         try:
-            st.sandbox.prepare()
+            if st.error is not None:  # its image could not be had (runner._pull_images)
+                raise st.error
+            self._set(st, status="preparing", started=utcnow())
+            with st.sandbox.timed("image"):
+                st.record["image"]["id"] = st.sandbox.image_digest()
+            self.view.phase(st.name, "preparing the sandbox (network, gateway, agent)")
+            with st.sandbox.timed("prepare_wait"):
+                admitted = self._prepare_slots.acquire(ticket, self.cancelled)
+            if not admitted:
+                raise SandboxFailure("cancelled")
+            try:
+                st.sandbox.prepare()
+            finally:
+                self._prepare_slots.release()
         finally:
+            if not admitted:  # this step will never prepare: the next in order may
+                self._prepare_slots.skip(ticket)
             st.prepared.set()
+
+    def _live(self, other: StepState) -> bool:
+        """Has a sandbox now and has not ended. Never waits: a neighbour still being
+        prepared probes this step itself once its own sandbox is up."""
+        return (other.prepared.is_set() and other.sandbox.network is not None
+                and not other.done.is_set())
 
     def _peer_ips(self, st: StepState) -> list[str]:
         peers = []
-        for other in self.steps.values():
-            if other is st:
-                continue
-            other.prepared.wait()
+        for other in neighbours(list(self.steps.values()), st, self._live):
             net = other.sandbox.network
             if net is not None and not other.done.is_set():
                 peers += [net.gateway_ip, net.agent_ip]
@@ -220,7 +240,8 @@ class Executor:
                 f"{p.name} {p.target} ({p.detail})" for p in leaks))
         self.view.phase(st.name, f"{len(results)} probes blocked")
         with st.sandbox.timed("settle"):
-            self._settle(st)
+            if not st.sandbox.fenced:  # the fence did not come back: wait for quiet instead
+                self._settle(st)
 
     def _settle(self, st: StepState, quiet: float = 0.4, limit: float = 5.0) -> None:
         """Wait until the probes' last decisions have arrived.
@@ -277,7 +298,11 @@ class Executor:
             return
         reason = f"timed out after {st.config.limits.timeout:.0f} s" \
             if status == "timeout" else None
-        if code not in (0, None):
+        if st.sandbox.storage.get("exceeded"):
+            status, reason = "failed", (f"killed: wrote more than "
+                                        f"{st.sandbox.storage['limit_bytes']} bytes to its "
+                                        "writable layer (resources.disk)")
+        elif code not in (0, None):
             status, reason = "failed", reason or f"exited {code}"
         # The status stays `running` until the outputs are out: an interruption while
         # copying must not leave a `succeeded` step without its outputs.
@@ -331,6 +356,8 @@ class Executor:
         sandbox = st.sandbox
         rec = st.record
         rec["log"] = dict(sandbox.log_stats)
+        if sandbox.storage:
+            rec["storage"] = dict(sandbox.storage)
         rec["faults"] = [self.masker.text(f) for f in sandbox.faults]
         # A step that never ran its command has no traffic of its own, only its probes'.
         rec["flows"] = (self.events.flow_counts(st.name)
@@ -426,30 +453,3 @@ def _probe_dict(p: ProbeResult) -> dict[str, Any]:
 
 def _output_dict(o: OutputFile) -> dict[str, Any]:
     return {"path": o.path, "sha256": o.sha256, "size": o.size}
-
-
-class RecordWriter:
-    """Rewrites run.json atomically; a full disk is remembered, never raised mid-run.
-
-    The run goes on (and cleans up) when run.json cannot be replaced: the last
-    complete version stays on disk, and `error` tells the run to exit 3 at its end.
-    """
-
-    def __init__(self, path: Path, record: dict[str, Any]) -> None:
-        self.path = path
-        self.record = record
-        self.error: OSError | None = None
-
-    def __call__(self) -> None:
-        try:
-            write_json(self.path, self.record)
-        except OSError as exc:
-            if not is_disk_failure(exc):
-                raise
-            self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
-            self.error = self.error or exc
-
-
-def write_record(path: Path, record: dict[str, Any]) -> RecordWriter:
-    """A saver that rewrites run.json atomically."""
-    return RecordWriter(path, record)

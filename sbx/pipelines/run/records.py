@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sbx.errors import is_disk_failure
 from sbx.pipelines.run.requests import RequestTally
 
 EventListener = Callable[[dict[str, Any]], None]
@@ -244,9 +245,13 @@ def _at_or_after(event: dict[str, Any], since: datetime) -> bool:
         return True  # an event without a readable time is counted, not hidden
 
 
-def read_events(path: Path) -> Iterator[dict[str, Any]]:
-    """Every JSON object line of events.jsonl, in the order written; other lines skipped."""
+def read_events(path: Path, strict: bool = False) -> Iterator[dict[str, Any]]:
+    """Every JSON object line of events.jsonl, in the order written; other lines skipped.
+
+    A missing or unreadable file reads as no events, or raises `OSError` if `strict`.
+    """
     try:
+        # errors="replace": one undecodable line must not hide the rest of the record.
         with path.open(encoding="utf-8", errors="replace") as fh:
             for line in fh:
                 try:
@@ -256,10 +261,38 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
                 if isinstance(event, dict):
                     yield event
     except OSError:
-        return
+        if strict:
+            raise
 
 
 def is_decision(event: dict[str, Any]) -> bool:
     """An egress decision, as opposed to lifecycle, probe or flow-close events."""
     return (event.get("kind") in ("dns", "tcp", "udp", "icmp", "ipv6", "sctp", "icmpv6")
             and event.get("phase") != "close" and "verdict" in event)
+
+
+class RecordWriter:
+    """Rewrites run.json atomically; a full disk is remembered, never raised mid-run.
+
+    The run goes on (and cleans up) when run.json cannot be replaced: the last
+    complete version stays on disk, and `error` tells the run to exit 3 at its end.
+    """
+
+    def __init__(self, path: Path, record: dict[str, Any]) -> None:
+        self.path = path
+        self.record = record
+        self.error: OSError | None = None
+
+    def __call__(self) -> None:
+        try:
+            write_json(self.path, self.record)
+        except OSError as exc:
+            if not is_disk_failure(exc):
+                raise
+            self.path.with_name(self.path.name + ".tmp").unlink(missing_ok=True)
+            self.error = self.error or exc
+
+
+def write_record(path: Path, record: dict[str, Any]) -> RecordWriter:
+    """A saver that rewrites run.json atomically."""
+    return RecordWriter(path, record)

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import psutil
 from rich.markup import escape
 
 import sbx
@@ -41,9 +40,10 @@ from sbx.pipelines.report.alerts import WebhookAlerter, WebhookOptions
 from sbx.pipelines.report.ci import write_codequality, write_junit
 from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run import evidence as ev
-from sbx.pipelines.run.executor import Executor, StepState, step_record, write_record
+from sbx.pipelines.run.executor import Executor, StepState, step_record
+from sbx.pipelines.run.host import create_run_egress, host_addresses, run_egress_name
 from sbx.pipelines.run.pulls import resolve_step_images
-from sbx.pipelines.run.records import EventListener, EventLog, Masker, read_events
+from sbx.pipelines.run.records import EventListener, EventLog, Masker, read_events, write_record
 from sbx.pipelines.run.step_job import (
     JobOptions,
     fresh_pipeline_id,
@@ -153,25 +153,11 @@ def step_config(spec: StepSpec, spec_path: Path, workspace: Path,
         secrets=tuple((n, environ[n]) for n in spec.secrets), user=spec.user,
         read_only_rootfs=spec.read_only_rootfs, tmpfs=tuple(spec.tmpfs),
         limits=Limits(cpus=res.cpus, memory=res.memory_bytes, pids=res.pids,
-                      timeout=float(res.timeout)),
+                      timeout=float(res.timeout), disk=res.disk_bytes),
         proxy_env=spec.egress.proxy_env, inputs=resolve_inputs(spec, spec_path, workspace),
         outputs=tuple(spec.outputs),
         upstream_ca=(read_upstream_ca(spec.egress.upstream_ca, spec_path)
                      if spec.egress.upstream_ca else ""))
-
-
-def host_addresses(client: docker.DockerClient) -> tuple[str, ...]:
-    """Addresses that lead to the host: its interfaces and every Docker bridge gateway."""
-    found: set[str] = set()
-    for addrs in psutil.net_if_addrs().values():
-        for a in addrs:
-            if a.family.name in ("AF_INET", "AF_INET6"):
-                found.add(a.address.split("%")[0])
-    for net in client.api.networks():
-        for cfg in (net.get("IPAM") or {}).get("Config") or []:
-            if cfg.get("Gateway"):
-                found.add(cfg["Gateway"])
-    return tuple(sorted(found))
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -279,10 +265,11 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     }
     save = write_record(out / "run.json", record)
     host_ips = host_addresses(client)
+    egress = options.egress_network or run_egress_name(run_id)
     states = {
         s.spec.name: StepState(s, configs[s.spec.name], Sandbox(
             client, run_id, configs[s.spec.name],
-            SandboxOptions(runtime_image=runtime_image, egress_network=options.egress_network,
+            SandboxOptions(runtime_image=runtime_image, egress_network=egress,
                            host_ips=host_ips),
             events.add, out / "logs"), record["steps"][s.spec.name])
         for s in pipeline.steps}
@@ -298,6 +285,8 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         # Every step image, pulled under its policy on the host side before any sandbox
         # exists (and before the live table, so a large pull can show its own bar).
         _pull_images(client, states, options.pull, path, view, log)
+        if options.egress_network is None:  # removed by label with the run's objects
+            create_run_egress(client, run_id)
         view.start({s.spec.name: s.needs for s in pipeline.steps})
         # Held back while the workers start: a signal in between would leave `threads`
         # unset, and the clean-up below would not wait for workers already creating.

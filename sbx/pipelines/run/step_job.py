@@ -18,17 +18,18 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from sbx.attest.digests import sha256_file
 from sbx.attest.model import Artifact
 from sbx.attest.signing.interface import Signer
-from sbx.attest.signing.keyless import SigstoreSigner
-from sbx.attest.signing.local import LocalSigner, load_public_key
-from sbx.attest.verify.jobs import expand_run_dirs, handoff_failures, open_job
-from sbx.attest.verify.pipeline_checks import Job
-from sbx.attest.verify.trust import IdentityTrust, KeyTrust, Trust
 from sbx.errors import EXIT_FAILED, InputError, SbxError
 from sbx.pipelines.spec.pipeline import InputFrom, Pipeline, PlannedStep
+
+if TYPE_CHECKING:  # imported where used: only a `--step` job verifies producers, and
+    # the verifier's imports (Sigstore, pydantic models) are most of `sbx run`'s start-up.
+    from sbx.attest.verify.pipeline_checks import Job
+    from sbx.attest.verify.trust import Trust
 
 STORE = "store/sha256"
 
@@ -69,17 +70,17 @@ def fresh_pipeline_id() -> str:
 
 def input_trust(options: JobOptions, signer: Signer, trust_config: Path | None) -> Trust:
     """Whom producers must be signed by: the flags, else the signer this job signs with."""
-    if options.trust_keys and (options.trust_identity or options.trust_issuer):
-        raise InputError("--inputs-key and --inputs-cert-identity exclude each other: trust "
-                         "either a local key or a Sigstore identity for the inputs")
-    if options.trust_identity or options.trust_issuer:
-        if not (options.trust_identity and options.trust_issuer):
-            raise InputError("--inputs-cert-identity and --inputs-cert-oidc-issuer go "
-                             "together: pass both")
-        return IdentityTrust(options.trust_identity, options.trust_issuer,
-                             options.trusted_root or trust_config)
-    if options.trust_keys:
-        return KeyTrust([load_public_key(k) for k in options.trust_keys])
+    from sbx.attest.signing.keyless import SigstoreSigner
+    from sbx.attest.signing.local import LocalSigner
+    from sbx.attest.verify.trust import IdentityTrust, KeyTrust, TrustFlags
+
+    flags = TrustFlags(options.trust_keys, options.trust_identity, options.trust_issuer,
+                       options.trusted_root, key_flag="--inputs-key",
+                       identity_flag="--inputs-cert-identity",
+                       issuer_flag="--inputs-cert-oidc-issuer")
+    chosen = flags.trust(trust_config)
+    if chosen is not None:
+        return chosen
     if isinstance(signer, LocalSigner):
         return KeyTrust([signer.public_key])
     if isinstance(signer, SigstoreSigner):
@@ -124,6 +125,8 @@ def _files(step: str, item: InputFrom, job: Job) -> list[tuple[Path, Artifact]]:
 def verify_producers(planned: PlannedStep, spec_digest: str, dirs: tuple[Path, ...],
                      trust: Trust, pipeline_id: str | None) -> Producers:
     """Open and verify every producer this step needs; refuse in one line if one fails."""
+    from sbx.attest.verify.jobs import expand_run_dirs, handoff_failures, open_job
+
     step = planned.spec.name
     if planned.needs and not dirs:
         raise InputError(f"step {step} needs {', '.join(planned.needs)}: pass --inputs-from "

@@ -7,7 +7,6 @@ problem into a `SpecError` naming the file, line, dotted field and the fix.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import posixpath
 import re
@@ -15,25 +14,22 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from publicsuffixlist import PublicSuffixList
 from pydantic import (
     AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
-    Discriminator,
     Field,
     PrivateAttr,
     StrictInt,
     StrictStr,
-    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
 )
 
 from sbx.errors import SpecError
-from sbx.pipelines.spec.egress import AllowMapping
+from sbx.pipelines.spec.egress import AllowEntry, allow_rule
 from sbx.pipelines.spec.errors import _kind, to_spec_error
 from sbx.pipelines.spec.loader import LoadedDoc, load_yaml
 from sbx.sandbox import policy as pol
@@ -56,12 +52,15 @@ _GLOB_CHARS: Final = frozenset("*?[]")
 MIB: Final = 1024 * 1024
 MEMORY_MIN: Final = 6 * MIB  # Docker refuses less than 6 MiB.
 MEMORY_MAX: Final = 256 * 1024 * MIB
+DISK_MIN: Final = 16 * MIB
+DISK_MAX: Final = 64 * 1024 * 1024 * MIB  # 64 TiB: a bound, however generous
 
 
-@functools.cache
-def _psl() -> PublicSuffixList:
-    # The bundled list loads in tens of milliseconds; do it once, and only when needed.
-    return PublicSuffixList()
+def _size(n: int) -> str:
+    for unit, scale in (("g", 1024 * MIB), ("m", MIB), ("k", 1024)):
+        if n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
 
 
 # --------------------------------------------------------------------------- field checks
@@ -140,37 +139,11 @@ def _env_value(value: str) -> str:
     return value
 
 
-def check_allow_entry(value: str) -> str:
-    """Validate one allow entry: `policy.parse_rule` plus the host-side public-suffix check."""
-    try:
-        rule = pol.parse_rule(value)
-    except pol.PolicyError as exc:
-        raise ValueError(str(exc)) from None
-    if rule.suffix is not None and _psl().is_public(rule.suffix):
-        raise ValueError(
-            f"allow entry {value!r} covers every site under the public suffix {rule.suffix}; "
-            f"name one site, e.g. *.example.{rule.suffix}"
-        )
-    return value
-
-
 InputPath = Annotated[str, Field(strict=True), AfterValidator(_input_path)]
 OutputPath = Annotated[str, Field(strict=True), AfterValidator(_output_path)]
 ContainerPath = Annotated[str, Field(strict=True), AfterValidator(_check_container_path)]
 EnvName = Annotated[str, Field(strict=True), AfterValidator(_env_name)]
 EnvValue = Annotated[str, Field(strict=True), AfterValidator(_env_value)]
-AllowEntry = Annotated[str, Field(strict=True), AfterValidator(check_allow_entry)]
-
-
-def _allow_form(value: Any) -> str:
-    return "<mapping>" if isinstance(value, dict | AllowMapping) else "<string>"
-
-
-# A string entry or a mapping; the form is chosen by the value, so an error names the one
-# the user wrote (the '<...>' tags are left out of field names in errors).
-AllowItem = Annotated[Annotated[AllowEntry, Tag("<string>")] | Annotated[AllowMapping,
-                                                                          Tag("<mapping>")],
-                      Discriminator(_allow_form)]
 
 
 def _run_value(value: Any) -> Any:
@@ -211,8 +184,10 @@ def _run_value(value: Any) -> Any:
 
 
 
-def parse_memory(value: str | int) -> int:
-    """Bytes for a memory size: an integer (bytes) or digits with a k/m/g suffix."""
+def parse_memory(value: str | int, low: int = 0, high: int = 0) -> int:
+    """Bytes for a size: an integer (bytes) or digits with a k/m/g suffix, within
+    `low`..`high` (default: the memory bounds, MEMORY_MIN..MEMORY_MAX)."""
+    low, high = low or MEMORY_MIN, high or MEMORY_MAX
     if isinstance(value, bool):
         raise ValueError("must be a size like 512m or 1g, not a boolean")
     if isinstance(value, int):
@@ -225,8 +200,9 @@ def parse_memory(value: str | int) -> int:
             int(match.group(1))
             * {"": 1, "k": 1024, "m": MIB, "g": 1024 * MIB}[match.group(2).lower()]
         )
-    if not MEMORY_MIN <= size <= MEMORY_MAX:
-        raise ValueError(f"{value!r} is outside 6m..256g; choose a size in that range")
+    if not low <= size <= high:
+        raise ValueError(f"{value!r} is outside {_size(low)}..{_size(high)}; "
+                         "choose a size in that range")
     return size
 
 
@@ -248,7 +224,7 @@ class EgressSpec(_Model):
     """Where the step may connect; everything else is denied (or recorded, in audit mode)."""
 
     mode: EgressMode = EgressMode.ENFORCE
-    allow: tuple[AllowItem, ...] = ()
+    allow: tuple[AllowEntry, ...] = ()
     proxy_env: bool = Field(default=False, strict=True)
     # A PEM file of CAs the gateway trusts for upstream TLS of inspected hosts, besides the
     # system store (internal mirrors); relative to the step file.
@@ -262,12 +238,25 @@ class Resources(_Model):
     memory: StrictStr | StrictInt = "1g"
     pids: int = Field(default=512, strict=True, ge=16, le=65536)
     timeout: int = Field(default=3600, strict=True, ge=1, le=7 * 24 * 3600)
+    # What the step may write to its container's writable layer (the host's disk).
+    disk: StrictStr | StrictInt = "10g"
 
     @field_validator("memory")
     @classmethod
     def _memory(cls, value: str | int) -> str | int:
         parse_memory(value)
         return value
+
+    @field_validator("disk")
+    @classmethod
+    def _disk(cls, value: str | int) -> str | int:
+        parse_memory(value, low=DISK_MIN, high=DISK_MAX)
+        return value
+
+    @property
+    def disk_bytes(self) -> int:
+        """`disk` in bytes."""
+        return parse_memory(self.disk, low=DISK_MIN, high=DISK_MAX)
 
     @property
     def memory_bytes(self) -> int:
@@ -335,8 +324,7 @@ class StepSpec(_Model):
         for i, entry in enumerate(self.egress.allow):
             line = self._allow_lines[i] if i < len(self._allow_lines) else None
             source = f"{file}:{line}" if file and line else file
-            rules.append(pol.parse_rule(entry, source) if isinstance(entry, str)
-                         else entry.rule(source))
+            rules.append(allow_rule(entry, source))
         return pol.Policy(mode=self.egress.mode.value, rules=tuple(rules))
 
 

@@ -1,8 +1,9 @@
 """Egress policy: allow rules, name normalisation and the address ranges a step never reaches.
 
-STANDARD LIBRARY ONLY. This package is copied into the gateway image and imported
-there, where neither pydantic nor any other third-party package exists (every module
-imports only the standard library and its siblings, relatively). The host side
+STANDARD LIBRARY AND idna ONLY. This package is copied into the gateway image and
+imported there, where pydantic and other third-party packages do not exist (every
+module imports only the standard library, `idna` (Debian's python3-idna in the image)
+and its siblings, relatively). The host side
 (``sbx.pipelines.spec.step``) adds checks that need third-party data, such as the
 public-suffix refusal for wildcards.
 
@@ -15,7 +16,7 @@ An allow entry is one of::
     2001:db8::1       [2001:db8::1]:443
     2001:db8::/32     [2001:db8::/32]:443
 
-Names are case-folded, trailing dots removed and non-ASCII labels IDNA-encoded,
+Names are case-folded, trailing dots removed and non-ASCII labels IDNA-encoded (UTS 46),
 so a verdict never depends on how a name was spelled.
 
 Modules: `names` (canonical host names, names never reachable), `addresses` (ranges never

@@ -37,7 +37,9 @@ INTERNAL_NETWORKS: Final[tuple[IPNetwork, ...]] = tuple(
         "fe80::/10",
         "ff00::/8",
         "64:ff9b::/96",
+        "64:ff9b:1::/48",
         "::ffff:0:0/96",
+        "::/96",
     )
 )
 """Ranges the gateway refuses unless an IP/CIDR rule names them explicitly.
@@ -47,6 +49,15 @@ the test suite's simulated internet lives on 198.18.0.0/24.
 """
 
 _NAT64: Final = ipaddress.IPv6Network("64:ff9b::/96")
+_COMPATIBLE: Final = ipaddress.IPv6Network("::/96")  # deprecated IPv4-compatible ::a.b.c.d
+# IPv6 ranges that carry an IPv4 address: (range, bit offset of the IPv4 address, inverted).
+_WRAPPERS: Final[tuple[tuple[ipaddress.IPv6Network, int, bool], ...]] = (
+    (ipaddress.IPv6Network("::ffff:0:0/96"), 96, False),
+    (_COMPATIBLE, 96, False),
+    (_NAT64, 96, False),
+    (ipaddress.IPv6Network("2002::/16"), 16, False),  # 6to4
+    (ipaddress.IPv6Network("2001::/32"), 96, True),  # Teredo client, bits inverted
+)
 
 # Addresses no rule may name, even explicitly: (network, what it is). The most
 # specific entry comes first so the refusal names the real reason.
@@ -67,6 +78,9 @@ _FORBIDDEN_NETWORKS: Final[tuple[tuple[IPNetwork, str], ...]] = tuple(
         ("ff00::/8", "multicast"),
         ("255.255.255.255/32", "the broadcast address"),
         ("240.0.0.0/4", "reserved"),
+        # RFC 8215 lets an operator embed IPv4 anywhere in it (RFC 6052 prefix lengths):
+        # no rule could tell which IPv4 address a spelling carries, so none reaches it.
+        ("64:ff9b:1::/48", "a local-use NAT64 prefix, which can carry any IPv4 address"),
     )
 )
 
@@ -75,6 +89,9 @@ def _parse_address(ip: str) -> IPAddress:
     text = ip.strip()
     if text.startswith("[") and text.endswith("]"):
         text = text[1:-1]
+    if "%" in text:
+        # ipaddress keeps any text after '%' as a scope: it would reach records verbatim.
+        raise PolicyError(f"{ip[:64]!r} has an IPv6 zone index; remove the '%...' part")
     try:
         return ipaddress.ip_address(text)
     except ValueError:
@@ -91,11 +108,11 @@ def _unwrap(addr: IPAddress) -> IPAddress:
 
 
 def _embedded_v4(addr: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    """IPv4 addresses an IPv6 address can route to: mapped, NAT64, 6to4, Teredo client."""
+    """IPv4 addresses an IPv6 address can route to: mapped, compatible, NAT64, 6to4, Teredo."""
     found: list[ipaddress.IPv4Address] = []
     if addr.ipv4_mapped is not None:
         found.append(addr.ipv4_mapped)
-    if addr in _NAT64:
+    if addr in _NAT64 or addr in _COMPATIBLE:
         found.append(ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF))
     if addr.sixtofour is not None:
         found.append(addr.sixtofour)
@@ -156,11 +173,8 @@ def _check_network(net: IPNetwork, text: str) -> None:
             f"(IPv{net.version} prefixes must be /{minimum} or longer)"
         )
     checks: list[IPNetwork] = [net]
-    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96:
-        for wrapper in (_NAT64, ipaddress.IPv6Network("::ffff:0:0/96")):
-            if net.subnet_of(wrapper):
-                low = int(net.network_address) & 0xFFFFFFFF
-                checks.append(ipaddress.IPv4Network((low, net.prefixlen - 96)))
+    if isinstance(net, ipaddress.IPv6Network):
+        checks.extend(_wrapped_v4(net))
     # Name the most specific reason: "is link-local" beats "includes the metadata address".
     for candidate in checks:
         for bad, why in _FORBIDDEN_NETWORKS:
@@ -176,6 +190,26 @@ def _check_network(net: IPNetwork, text: str) -> None:
                     f"allow entry {text!r} includes {bad} ({why}), which a step never reaches; "
                     "allow a narrower network"
                 )
+
+
+def _wrapped_v4(net: ipaddress.IPv6Network) -> list[ipaddress.IPv4Network]:
+    """The IPv4 networks an IPv6 network can carry, one per wrapping range it overlaps.
+
+    ``2002:a9fe:a9fe::/48`` carries 169.254.169.254/32 (6to4); ``2002::/16`` carries every
+    IPv4 address, so it reaches the metadata address as surely as that /48 does.
+    """
+    found: list[ipaddress.IPv4Network] = []
+    for wrapper, offset, inverted in _WRAPPERS:
+        if not net.overlaps(wrapper):
+            continue
+        inner = net if net.subnet_of(wrapper) else wrapper
+        length = min(max(inner.prefixlen - offset, 0), 32)
+        bits = (int(inner.network_address) >> (96 - offset)) & 0xFFFFFFFF
+        if inverted:
+            bits ^= 0xFFFFFFFF
+        mask = (0xFFFFFFFF << (32 - length)) & 0xFFFFFFFF
+        found.append(ipaddress.IPv4Network((bits & mask, length)))
+    return found
 
 
 def _net_overlaps(a: IPNetwork, b: IPNetwork) -> bool:

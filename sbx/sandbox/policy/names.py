@@ -1,14 +1,15 @@
 """Host names in allow entries: canonical spelling and the names a step never reaches.
 
-STANDARD LIBRARY ONLY: copied into the gateway image (see the package docstring).
+STANDARD LIBRARY AND idna ONLY: copied into the gateway image (see the package docstring).
 """
 
 from __future__ import annotations
 
-import encodings.idna
 import re
 from collections.abc import Mapping
 from typing import Final
+
+import idna
 
 from .errors import PolicyError
 
@@ -34,7 +35,9 @@ def normalize_name(name: str) -> str:
     # IDNA treats these full-width and ideographic full stops as label separators.
     for dot in _IDNA_DOTS:
         name = name.replace(dot, ".")
-    folded = name.casefold().rstrip(".")
+    # ASCII labels are lower-cased; others get UTS 46 mapping below (casefold() would
+    # turn 'ß' into 'ss' before it).
+    folded = name.rstrip(".")
     if not folded:
         raise PolicyError(f"host name {name!r} is empty; write a name such as example.com")
     labels = folded.split(".")
@@ -45,16 +48,24 @@ def normalize_name(name: str) -> str:
                 f"host name {name!r} has an empty label (two dots in a row or a leading dot); "
                 "remove the extra dot"
             )
-        if not label.isascii():
+        if label.isascii():
+            label = label.lower()
+        else:
             try:
-                # encodings.idna implements IDNA 2003 ToASCII (nameprep + punycode) per label.
-                label = encodings.idna.ToASCII(label).decode("ascii")
-            except UnicodeError as exc:
+                # UTS 46 (non-transitional), as browsers, curl and Python's idna do: IDNA 2003
+                # (encodings.idna) folds 'straße' to 'strasse', another domain than theirs.
+                label = idna.encode(label, uts46=True, transitional=False).decode("ascii")
+            except (idna.IDNAError, UnicodeError) as exc:
                 raise PolicyError(
                     f"host name {name!r} has a label that cannot be IDNA-encoded ({exc}); "
                     "write the name in punycode (xn--...)"
                 ) from None
             label = label.casefold()
+            if "." in label:
+                raise PolicyError(
+                    f"host name {name!r} has a label that maps to several labels; "
+                    "write the name in punycode (xn--...)"
+                )
         if not _LABEL_RE.fullmatch(label):
             raise PolicyError(
                 f"host name {name!r} has an invalid label {label!r}; labels are 1-63 letters, "

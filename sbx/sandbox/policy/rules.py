@@ -23,14 +23,16 @@ class Rule:
 
     Exactly one of `host` (exact normalised name), `suffix` (``*.suffix``: any name
     strictly below it, on label boundaries) or `network` (IP/CIDR) is set. `port`
-    None means any port.
+    None means any port. `nameless` (host rules with a port only) also allows a
+    connection that names nothing in its first bytes (ssh, say) to an address the
+    host resolves to at that moment; without it a name rule needs the name in the
+    connection's TLS SNI, HTTP Host or CONNECT line.
 
-    Extension point: action-level rules (HTTP method and path, enforced with TLS
-    inspection) will be added as further optional fields defaulting to None
-    (e.g. ``methods: tuple[str, ...] | None``, ``path_prefix: str | None``).
-    `to_dict` omits None fields, so existing policies keep their digest, and
-    `from_dict` refuses keys it does not know, so an older gateway fails closed
-    on a policy whose restrictions it could not enforce instead of ignoring them.
+    `actions` (None: host-level) makes the rule action-level: HTTP methods and paths,
+    checked request by request, with TLS inspection. `to_dict` omits default fields, so
+    existing policies keep their digest, and `from_dict` refuses keys it does not know, so
+    an older gateway fails closed on a policy whose restrictions it could not enforce
+    instead of ignoring them.
     """
 
     text: str
@@ -39,6 +41,7 @@ class Rule:
     suffix: str | None = None
     network: IPNetwork | None = None
     port: int | None = None
+    nameless: bool = False
     # Action-level rule (methods, paths, TLS inspection): see `actions`. None: host-level.
     actions: Actions | None = None
 
@@ -56,6 +59,16 @@ class Rule:
             )
         if self.port is not None and not 1 <= self.port <= 65535:
             raise PolicyError(f"rule {self.text!r} has port {self.port}; use a port in 1..65535")
+        if self.nameless and (self.host is None or self.port is None):
+            raise PolicyError(
+                f"allow entry {self.text!r} is nameless, which needs one host name and a port "
+                "(an IP rule already allows by address); write host:port with nameless: true"
+            )
+        if self.nameless and self.actions is not None:
+            raise PolicyError(
+                f"allow entry {self.text!r} is nameless and has methods/paths/inspect: a "
+                "connection that names nothing cannot be checked request by request; drop one"
+            )
 
     def _port_ok(self, port: int | None) -> bool:
         return self.port is None or port is None or self.port == port
@@ -94,6 +107,8 @@ class Rule:
             out["network"] = str(self.network)
         if self.port is not None:
             out["port"] = self.port
+        if self.nameless:
+            out["nameless"] = True
         if self.actions is not None:
             out["inspect"] = True
             if self.actions.methods is not None:
@@ -109,8 +124,8 @@ class Rule:
         Re-parsing means the gateway re-validates every rule it receives rather
         than trusting the host side.
         """
-        known = {"text", "source", "host", "suffix", "network", "port", "methods", "paths",
-                 "inspect"}
+        known = {"text", "source", "host", "suffix", "network", "port", "nameless", "methods",
+                 "paths", "inspect"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise PolicyError(
@@ -121,7 +136,10 @@ class Rule:
         source = data.get("source", "")
         if not isinstance(text, str) or not isinstance(source, str):
             raise PolicyError("rule 'text' and 'source' must be strings; regenerate the policy")
-        rule = parse_rule(text, source)
+        nameless = data.get("nameless", False)
+        if not isinstance(nameless, bool):
+            raise PolicyError("rule 'nameless' must be true or false; regenerate the policy")
+        rule = parse_rule(text, source, nameless=nameless)
         if data.get("inspect") is True:
             rule = with_actions(rule, data.get("methods"), data.get("paths"))
         if rule.to_dict() != dict(data):
@@ -215,12 +233,20 @@ def _parse_ip(host: str, port: int | None, text: str, source: str) -> Rule | Non
     return Rule(text=text, source=source, network=net, port=port)
 
 
-def parse_rule(text: str, source: str = "") -> Rule:
+def parse_rule(text: str, source: str = "", nameless: bool = False) -> Rule:
     """Parse one allow entry; raise `PolicyError` (what is wrong and the fix) when refused.
 
     `source` is where the entry was written ("file:line"), carried into every
-    decision event so an alert names the rule that matched.
+    decision event so an alert names the rule that matched. `nameless`: see `Rule`.
     """
+    rule = _parse_rule(text, source)
+    if nameless:
+        return Rule(text=rule.text, source=rule.source, host=rule.host, suffix=rule.suffix,
+                    network=rule.network, port=rule.port, nameless=True)
+    return rule
+
+
+def _parse_rule(text: str, source: str) -> Rule:
     if not isinstance(text, str):
         raise PolicyError(f"allow entry must be a string, not {type(text).__name__}; quote it")
     entry = text.strip()

@@ -4,7 +4,8 @@ Started with NET_ADMIN (and the capabilities needed to give it up), it installs
 the interception rules, binds its NFLOG group and listeners, then drops every
 capability and runs unprivileged:
 - all TCP is redirected to a transparent relay that reads the original
-  destination and the TLS SNI or HTTP Host, and asks the gateway with CONNECT;
+  destination, asks the gateway with CONNECT and streams the client's bytes to it
+  (the gateway reads the TLS SNI or HTTP Host from them and decides);
 - all DNS, to any server, is relayed to the gateway;
 - everything else (other UDP, ICMP, IPv6, the host bridge) is dropped and logged.
 Enforcement does not depend on this process: the step network is internal.
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import struct
@@ -28,10 +28,8 @@ from sbx.sandbox.runtime.counters import COUNTERS, udp_drops
 from sbx.sandbox.runtime.events import emit, log
 from sbx.sandbox.runtime.firewall import drop_privileges, rules_v4, rules_v6, run, setup_ipv6
 from sbx.sandbox.runtime.nflog import NflogReader
-from sbx.sandbox.runtime.sniff import MAX_HEAD, destination_name, needs_more
 
 SO_ORIGINAL_DST = 80
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
 
 
 def original_dst(conn: socket.socket) -> tuple[str, int]:
@@ -62,53 +60,55 @@ class Agent:
             self._deny("direct connection to the relay", dst_ip=dst_ip, dst_port=dst_port)
             pipe.reset(conn)
             return
-        data = b""
-        conn.settimeout(float(self.cfg.get("sniff_timeout", 1.5)))
-        try:
-            while not data or needs_more(data):
-                chunk = conn.recv(MAX_HEAD - len(data))
-                if not chunk:
-                    break
-                data += chunk
-        except OSError:
-            pass  # server-speaks-first protocols send nothing: judged by address only
-        name, how = destination_name(data)
-        if name is not None and not _NAME.match(name):
-            name, how = None, "invalid"
-        target = f"{name}:{dst_port}" if name else f"{dst_ip}:{dst_port}"
         try:
             # The source port ties the gateway's record to this connection (the probes' check).
             src_port = conn.getpeername()[1]
         except OSError:
             src_port = 0
+        target = f"{dst_ip}:{dst_port}"
         try:
             upstream = socket.create_connection(self.gateway, timeout=5)
             upstream.sendall(
                 f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
-                f"X-Sbx-Orig-Dst: {dst_ip}:{dst_port}\r\nX-Sbx-Orig-Src-Port: {src_port}\r\n"
-                f"X-Sbx-Name-From: {how}\r\n"
+                f"X-Sbx-Orig-Src-Port: {src_port}\r\n"
                 f"X-Sbx-Relay: {self.cfg.get('relay_token', '')}\r\n\r\n".encode())
-            head, rest = pipe.read_head(upstream)
-        except (OSError, ValueError) as exc:
-            self._deny(f"gateway unreachable: {exc}", dst_ip=dst_ip, dst_port=dst_port, name=name)
+        except OSError as exc:
+            self._deny(f"gateway unreachable: {exc}", dst_ip=dst_ip, dst_port=dst_port)
             pipe.reset(conn)
             return
-        if not head.startswith(b"HTTP/1.1 200"):
-            upstream.close()
-            pipe.reset(conn)  # the gateway recorded the verdict
-            return
-        conn.settimeout(None)
+        # The gateway reads the name from the client's own first bytes, whenever they
+        # come (no sniffing here, no timeout that falls back to the address): they flow
+        # to it from the start, and only its answer lets bytes flow back.
         upstream.settimeout(None)
+        conn.settimeout(None)
+        counts = [0, 0]
+        sending = threading.Thread(target=pipe.pump, args=(conn, upstream, counts, 0),
+                                   daemon=True)
+        sending.start()
+        try:
+            head, rest = pipe.read_head(upstream)
+        except (OSError, ValueError):
+            head, rest = b"", b""
+        if not head.startswith(b"HTTP/1.1 200"):
+            # The gateway recorded the verdict. Shutting the reading side ends the
+            # sending thread's read (close alone would not) before the reset.
+            try:
+                conn.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+            sending.join()
+            pipe.reset(conn)
+            upstream.close()
+            return
         try:
             if rest:
                 conn.sendall(rest)
-            if data:
-                upstream.sendall(data)
         except OSError:
-            upstream.close()
-            conn.close()
-            return
-        pipe.relay(conn, upstream)
+            pass
+        pipe.pump(upstream, conn, counts, 1)
+        sending.join()
+        conn.close()
+        upstream.close()
 
     def relay_dns_tcp(self, conn: socket.socket) -> None:
         try:

@@ -61,14 +61,13 @@ class Resolver(BaseResolver):  # type: ignore[misc]
                 answers.append(ip)
                 rdata = A(ip) if qtype == "A" else AAAA(ip)
                 reply.add_answer(RR(request.q.qname, request.q.qtype, rdata=rdata, ttl=30))
-                if rule is not None:
-                    with self.gate.lock:
-                        self.gate.answered[ip] = name
             if not found:
                 reply.header.rcode = RCODE.NXDOMAIN
         if withheld and not answers:
             # An allowed name that points inside (DNS rebinding): the same verdict the
             # proxy gives it, so the attempt is on record as denied, not as an empty answer.
+            # (An answer never allows an address later: the proxy judges the name the
+            # client's own bytes carry, so nothing is remembered here.)
             emit("dns", step=self.gate.step, name=name, qtype=qtype, verdict="denied",
                  reason=f"{name} resolves only to internal addresses {withheld}",
                  answers=[], withheld=withheld, src_ip=client, violation=True,

@@ -46,7 +46,12 @@ def rules_v4(cfg: dict[str, Any]) -> str:
         f"-A {COUNT_CHAIN} -j RETURN",
         "-A INPUT -i lo -j ACCEPT",
         "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-        "-A OUTPUT -o lo -j ACCEPT",
+        # Loopback only to the agent's own addresses (its relays, the step's own local
+        # servers). The rest of 127.0.0.0/8 is dropped and logged: Docker's embedded DNS
+        # listens on 127.0.0.11 at high ports (readable in /proc/net/udp), and a query
+        # sent there directly would be answered by dockerd, unrecorded.
+        "-A OUTPUT -o lo -d 127.0.0.1/32 -j ACCEPT",
+        f"-A OUTPUT -o lo -d {own}/32 -j ACCEPT",
         # A redirected packet no longer matches "-o lo" in filter OUTPUT (measured).
         "-A OUTPUT -m conntrack --ctstate DNAT -j ACCEPT",
         f"-A OUTPUT -d {gw}/32 -p tcp --dport {cfg['proxy_port']} -j ACCEPT",

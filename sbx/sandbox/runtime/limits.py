@@ -27,6 +27,12 @@ DNS_TCP_CONNECTIONS = 8
 DNS_UDP_WORKERS = 16
 # A DNS-over-TCP client that sends no complete message in this time is dropped.
 DNS_IDLE_TIMEOUT = 10.0
+# A connection whose destination only its first bytes can name waits this long for them
+# (no fallback to the address: past it, the flow is denied and recorded).
+FIRST_BYTES_WAIT = 30.0
+# In audit mode every flow is let through anyway: the first bytes only name it in the
+# record, so a server-speaks-first protocol (ssh) is not held for long.
+FIRST_BYTES_WAIT_AUDIT = 2.0
 
 
 class Slots:

@@ -95,7 +95,8 @@ def _splice(src: socket.socket, dst: socket.socket, counts: list[int], index: in
         os.close(w)
 
 
-def _pump(src: socket.socket, dst: socket.socket, counts: list[int], index: int) -> None:
+def pump(src: socket.socket, dst: socket.socket, counts: list[int], index: int) -> None:
+    """Copy `src` to `dst` until `src` ends (then shut `dst`'s sending side)."""
     try:
         if not _splice(src, dst, counts, index):
             _copy(src, dst, counts, index)
@@ -123,9 +124,9 @@ def relay(client: socket.socket, upstream: socket.socket, counts: list[int] | No
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
-    t = threading.Thread(target=_pump, args=(upstream, client, counts, 1), daemon=True)
+    t = threading.Thread(target=pump, args=(upstream, client, counts, 1), daemon=True)
     t.start()
-    _pump(client, upstream, counts, 0)
+    pump(client, upstream, counts, 0)
     t.join()
     client.close()
     upstream.close()

@@ -36,9 +36,11 @@ REACHED_IF = {
     "relayed": "bytes came back, the connection was refused (the relay always accepts, so a "
                "refusal means interception is missing), or the gateway's record of this "
                "connection is anything but a refusal of an internal address (or is missing)",
-    "direct": "bytes came back or the far side refused the connection",
-    "udp": "a reply or an ICMP port-unreachable came back",
-    "icmp": "an echo reply came back",
+    "direct": "bytes came back, the far side refused the connection, or the sandbox "
+              "firewall has no record of dropping it",
+    "udp": "a reply or an ICMP port-unreachable came back, or the sandbox firewall has no "
+           "record of dropping it",
+    "icmp": "an echo reply came back, or the sandbox firewall has no record of dropping it",
     "proxy": "the gateway answered 200, or its record of this connection is anything but a "
              "refusal of an internal address (or is missing)",
     "error": "always: a probe that crashed or gave no verdict proves nothing",
@@ -48,12 +50,89 @@ REACHED_IF = {
 }
 
 
+class SourcePorts:
+    """Hands each probe a TCP socket bound to a source port no earlier probe used.
+
+    The gateway's record is matched to a relayed probe by its source port. A port the
+    kernel frees (the relay's reset closes a probe's connection at once, with no
+    TIME_WAIT) can be handed out again while conntrack still holds the old redirected
+    connection; the new one then clashes with it in the NAT table and the kernel
+    rewrites its source port, so the record carries a port the probe never saw and the
+    probe counts as reached. One run of 500 peer probes hit this about one time in ten.
+    """
+
+    def __init__(self) -> None:
+        self._used: set[tuple[int, int]] = set()
+        self._held: list[socket.socket] = []
+        self._lock = threading.Lock()
+
+    def socket(self, family: int) -> socket.socket:
+        """A new TCP socket of `family`, bound to a port not handed out before."""
+        anywhere = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        with self._lock:
+            for _ in range(256):
+                s = socket.socket(family, socket.SOCK_STREAM)
+                s.bind((anywhere, 0))
+                key = (family, s.getsockname()[1])
+                if key not in self._used:
+                    self._used.add(key)
+                    return s
+                # Keep it bound, so the kernel hands out another port next time.
+                self._held.append(s)
+        raise OSError("no unused source port")
+
+    def close(self) -> None:
+        """Release the ports held back."""
+        with self._lock:
+            for s in self._held:
+                s.close()
+            self._held.clear()
+
+
+PORTS = SourcePorts()
+
+
 def _result(name: str, kind: str, target: str, reached: bool, detail: str,
             how: str, **check: Any) -> Result:
     out: Result = {"name": name, "kind": kind, "target": target, "blocked": not reached,
                    "detail": detail, "reached_if": REACHED_IF[how]}
     if check:
         out["check"] = check
+    return out
+
+
+def _drop(protocol: str, ip: str, port: int | None) -> dict[str, Any]:
+    """The check for a probe whose packet the sandbox firewall must drop (and record).
+
+    A silently dropped packet looks like a slow answer; the firewall's record of
+    dropping exactly this packet is what tells them apart, so the probe need only wait
+    a local round trip for an answer that would prove the drop rule missing.
+    """
+    return {"drop": {"protocol": protocol, "dst_ip": ip, "dst_port": port}}
+
+
+def fence(ip: str, port: int) -> dict[str, Any]:
+    """Send the fence: one datagram the firewall drops and records after every probe.
+
+    The firewall's records reach the orchestrator in order (one NFLOG queue, read by
+    one thread), so once the fence's record is in, every earlier drop record is too.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.sendto(b"sbx-fence", (ip, port))
+        except OSError:
+            pass  # the orchestrator then waits for a record that never comes: no fence
+    return {"protocol": "udp", "dst_ip": ip, "dst_port": port}
+
+
+def identity() -> dict[str, Any]:
+    """Who the probes ran as: uid, gid and the capability sets (all must be empty)."""
+    out: dict[str, Any] = {"uid": os.getuid(), "gid": os.getgid()}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            if key.startswith("Cap") or key == "NoNewPrivs":
+                out[key] = value.strip()
     return out
 
 
@@ -90,12 +169,11 @@ def tcp(name: str, ip: str, port: int, timeout: float, relayed: bool) -> Result:
     target = f"{ip}:{port}"
     how = "relayed" if relayed else "direct"
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
+    # Bound first, so the source port is known even if the connect fails.
+    with PORTS.socket(family) as s:
         s.settimeout(timeout)
-        # Bound first, so the source port is known even if the connect fails.
-        s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
         check: dict[str, Any] = {"src_port": s.getsockname()[1], "dst_ip": ip,
-                                 "dst_port": port} if relayed else {}
+                                 "dst_port": port} if relayed else _drop("tcp", ip, port)
         try:
             s.connect((ip, port))
         except ConnectionRefusedError:
@@ -133,7 +211,8 @@ def udp(name: str, ip: str, port: int, timeout: float) -> Result:
         except ConnectionRefusedError:
             return _result(name, "udp", target, True, "ICMP port unreachable came back", "udp")
         except OSError as exc:
-            return _result(name, "udp", target, False, f"no answer: {exc}", "udp")
+            return _result(name, "udp", target, False, f"no answer: {exc}", "udp",
+                           **_drop("udp", ip, port))
     return _result(name, "udp", target, True, "answered", "udp")
 
 
@@ -153,7 +232,8 @@ def icmp(name: str, ip: str, timeout: float) -> Result:
             s.sendto(packet, (ip, 0))
             s.recv(64)
         except OSError as exc:
-            return _result(name, "icmp", ip, False, f"no reply: {exc}", "icmp")
+            return _result(name, "icmp", ip, False, f"no reply: {exc}", "icmp",
+                           **_drop("icmpv6" if v6 else "icmp", ip, None))
     return _result(name, "icmp", ip, True, "echo reply", "icmp")
 
 
@@ -161,11 +241,10 @@ def proxy_internal(proxy: str, target: str, timeout: float) -> Result:
     """The gateway, used as an explicit proxy, must refuse an internal address as such."""
     host, _, port = proxy.rpartition(":")
     dst_ip, _, dst_port = target.rpartition(":")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    with PORTS.socket(socket.AF_INET) as s:
         # The gateway is there to answer: a timeout would be taken as reached (fail closed),
         # so a loaded machine gets the verdict wait, not the probe timeout.
         s.settimeout(max(timeout, VERDICT_WAIT))
-        s.bind(("0.0.0.0", 0))
         check = {"src_port": s.getsockname()[1], "dst_ip": dst_ip, "dst_port": int(dst_port)}
         try:
             s.connect((host, int(port)))
@@ -237,11 +316,16 @@ def main() -> None:
     deadline = time.monotonic() + max(float(cfg.get("timeout", 1.0)), VERDICT_WAIT) + 4
     for th in threads:
         th.join(max(0.0, deadline - time.monotonic()))
+    PORTS.close()
     # A probe still going proves nothing either: fail closed.
     final = [r if r is not None else _result(f"probe-{i}", "timeout", "", True, "no verdict",
                                              "error")
              for i, r in enumerate(results)]
-    json.dump({"uid": os.getuid(), "probes": final}, sys.stdout)
+    report: dict[str, Any] = {"uid": os.getuid(), "identity": identity(), "probes": final}
+    if cfg.get("fence"):
+        # Every probe has ended (or been given up on above): its packets are out.
+        report["fence"] = fence(cfg["fence"]["ip"], int(cfg["fence"]["port"]))
+    json.dump(report, sys.stdout)
     sys.stdout.write("\n")
 
 

@@ -191,7 +191,6 @@ def test_recorded_flows_are_the_steps_own_decisions_deduplicated(flows: list[Flo
 def test_recorded_flows_carry_what_the_gateway_decided_with(flows: list[Flow]) -> None:
     by_target = {(f.step, f.target()): f for f in flows}
     ssh = by_target[("fetch", "198.18.0.3:22")]
-    assert ssh.answered == ("other.sbx.test",)
     assert ssh.name is None and ssh.port == 22 and not ssh.always_denied
     assert by_target[("fetch", "web.sbx.test:8080 (198.18.0.2)")].rule == "web.sbx.test:8080"
     # Denied although the run's own (audit) policy let the name through: the address.
@@ -252,8 +251,6 @@ def test_plan_with_a_widened_policy_shows_exactly_the_newly_allowed(flows: list[
         ("build", "tcp", "files.mirror.test:443 (198.18.0.11)", "audit", "*.mirror.test:443"),
         ("build", "dns", "cdn.mirror.test", "audit", "*.mirror.test:443"),
         ("fetch", "dns", "other.sbx.test", "audit", "other.sbx.test:22"),
-        # No name on the wire: allowed by the name the gateway's DNS answered with.
-        ("fetch", "tcp", "198.18.0.3:22", "audit", "other.sbx.test:22"),
         ("fetch", "tcp", "203.0.113.7:22", "audit", "203.0.113.0/24:22"),
         # An internal address opens only with an IP rule that names it.
         ("fetch", "tcp", "10.0.0.5:5432", "denied", "10.0.0.0/8:5432"),
@@ -319,8 +316,9 @@ def test_render_plan_escapes_control_characters_from_the_wire() -> None:
 EXPECTED_LEARNED = {
     "build": ["cdn.mirror.test", "files.mirror.test:443", "files.mirror.test:80",
               "pypi.mirror.test:443"],
-    "fetch": ["203.0.113.7:22", "other.sbx.test:22", "other.sbx.test:443",
-              "web.sbx.test:8080"],
+    # ssh to 198.18.0.3 named nothing: its address, never other.sbx.test (looked up
+    # before it), whose DNS lookup is covered by other.sbx.test:443.
+    "fetch": ["198.18.0.3:22", "203.0.113.7:22", "other.sbx.test:443", "web.sbx.test:8080"],
 }
 
 
@@ -362,14 +360,17 @@ def test_learn_never_proposes_internal_addresses() -> None:
     assert len(unlearnable(flows)["s"]) == 8
 
 
-def test_learn_covers_a_bare_ip_by_the_last_name_the_gateway_would_answer() -> None:
+def test_learn_never_proposes_a_name_for_a_flow_that_named_nothing() -> None:
+    """A nameless flow (ssh to an address the step looked up as b.test) is covered by its
+    address: a name rule would launder it, and the gateway would deny it under one."""
     flows = [
-        Flow("s", "tcp", None, "198.18.0.5", 22, "audit", None,
-             answered=("a.test", "localhost", "b.test")),
-        Flow("s", "tcp", None, "198.18.0.6", 22, "audit", None, answered=("localhost",)),
+        Flow("s", "dns", "b.test", None, None, "audit", None),
+        Flow("s", "tcp", None, "198.18.0.5", 22, "audit", None),
         Flow("s", "tcp", None, "2001:db8::7", 443, "audit", None),
     ]
-    assert learn(flows) == {"s": ["198.18.0.6:22", "[2001:db8::7]:443", "b.test:22"]}
+    assert learn(flows) == {"s": ["198.18.0.5:22", "[2001:db8::7]:443", "b.test"]}
+    b_test = policy("b.test:22")
+    assert decide(b_test, flows[1])[0] == "denied"
 
 
 def test_render_learn_is_yaml_a_user_can_paste(flows: list[Flow]) -> None:
@@ -413,9 +414,8 @@ def attempt(draw: st.DrawFn) -> Flow:
         return Flow("", kind, draw(st.sampled_from(NAMES)), None, None, "", None)
     port = draw(st.sampled_from(PORTS))
     if kind == "udp" or draw(st.booleans()):
-        answered = tuple(draw(st.lists(st.sampled_from(NAMES), max_size=3, unique=True)))
         ip = draw(st.sampled_from(IPS))
-        return Flow("", kind, None, ip, port, "", None, answered=answered)
+        return Flow("", kind, None, ip, port, "", None)
     return Flow("", kind, draw(st.sampled_from(NAMES)), draw(st.sampled_from(IPS)), port, "",
                 None)
 
@@ -430,7 +430,7 @@ def recorded_run(draw: st.DrawFn) -> list[Flow]:
         for tried in draw(st.lists(attempt(), max_size=12)):
             verdict, rule = decide(recorded, tried)
             flows.append(Flow(step, tried.kind, tried.name, tried.ip, tried.port, verdict,
-                              rule.text if rule else None, answered=tried.answered))
+                              rule.text if rule else None))
     return flows
 
 
@@ -458,8 +458,7 @@ def test_property_learn_then_plan_denies_nothing(flows: list[Flow]) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.builds(
     lambda tried, step, verdict, rule, always: Flow(
-        step, tried.kind, tried.name, tried.ip, tried.port, verdict, rule, tried.answered,
-        always),
+        step, tried.kind, tried.name, tried.ip, tried.port, verdict, rule, always),
     attempt(), st.sampled_from(("s1", "s2")),
     st.sampled_from(("allowed", "audit", "denied", "failed")),
     st.sampled_from((None, "r")), st.booleans()), max_size=20))

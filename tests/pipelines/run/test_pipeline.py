@@ -3,6 +3,8 @@ reach each other, failures that stop dependants, and evidence that verifies."""
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import json
 import threading
 import time
@@ -77,24 +79,42 @@ def test_three_steps_with_a_parallel_pair_hand_off_by_digest_and_verify(
     for digest in produced.values():
         assert (out / "store/sha256" / digest).is_file()
 
-    # Every step had its own network; each probed the others and was blocked.
+    # Every step had its own network; its peer probes (sbx.pipelines.run.peers: the
+    # nearest step on each side that was up) were blocked.
     networks = {s[n]["docker"]["network"] for n in s}
     subnets = {s[n]["docker"]["subnet"] for n in s}
     assert len(networks) == 3 and len(subnets) == 3
     for name in s:
         peers = s[name]["peer_probes"]
-        assert peers and all(p["blocked"] for p in peers), (name, peers)
+        assert all(p["blocked"] for p in peers), (name, peers)
         # Judged on the address: the step's own gateway refused each peer as internal.
         for p in peers:
             if p["kind"] == "tcp":
                 assert "refused the address as internal" in p["detail"], p
         targets = {p["target"].split(":")[0] for p in peers}
-        others = {str(n) for n in s if n != name}
-        assert len(targets) == 2 * len(others)
+        order = record["order"]
+        i = order.index(name)
+        near = order[max(0, i - 1):i] + order[i + 1:i + 2]
+        addresses = {ip for n in near for ip in _sandbox_ips(s[n])}
+        assert targets <= addresses, (name, targets)  # neighbours only
+    # The neighbouring pairs, each probed in at least one direction.
+    for a, b in itertools.pairwise(record["order"]):
+        assert _probed(s[a], s[b]) or _probed(s[b], s[a]), (a, b)
     assert not docker_client.api.containers(all=True, filters={
         "label": f"sbx.run={record['run_id']}"})
 
     assert _verify(out, signing_key) == {}
+
+
+def _sandbox_ips(step: dict[str, Any]) -> set[str]:
+    """The gateway and agent addresses of a step's network (.2 and .3 of its subnet)."""
+    hosts = list(ipaddress.ip_network(step["docker"]["subnet"]).hosts())
+    return {str(hosts[1]), str(hosts[2])}
+
+
+def _probed(by: dict[str, Any], at: dict[str, Any]) -> bool:
+    """Whether `by` probed both the gateway and the agent of `at`."""
+    return {p["target"].split(":")[0] for p in by["peer_probes"]} >= _sandbox_ips(at)
 
 
 def _drop_file(client: docker.DockerClient, step: str, name: str) -> None:

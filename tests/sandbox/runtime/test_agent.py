@@ -256,3 +256,24 @@ def test_original_dst_reads_a_sockaddr_in(ip: str, port: int) -> None:
     conn = _FakeConn(sockaddr)
     assert original_dst(conn) == (ip, port)  # type: ignore[arg-type]
     assert conn.asked == (socket.SOL_IP, SO_ORIGINAL_DST, 16)
+
+
+# --------------------------------------------------------------------------- loopback
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+@pytest.mark.parametrize(("dst", "port"), [("127.0.0.11", 35000), ("127.0.0.11", 44221),
+                                           ("127.0.0.2", 8080), ("127.255.255.254", 53000)])
+def test_loopback_beyond_the_agents_own_address_is_logged_and_dropped(
+        proto: str, dst: str, port: int) -> None:
+    """Docker's embedded DNS listens on 127.0.0.11 at high ports; a query sent there
+    directly (not to port 53) would be answered by dockerd, unrecorded."""
+    packet = Packet(proto, dst, port, "lo")
+    assert nat_action(packet) == "untouched"
+    assert filter_verdict(packet) == "logged+DROP"
+
+
+@pytest.mark.parametrize("dst", ["127.0.0.1", CFG["own_ip"]])
+def test_the_agents_own_addresses_stay_open_on_loopback(dst: str) -> None:
+    """The step's own local servers, and the relays' answers to the step."""
+    assert filter_verdict(Packet("tcp", dst, 8000, "lo")) == "ACCEPT"

@@ -22,6 +22,7 @@ from sbx.sandbox.policy import Policy, parse_rule
 from sbx.sandbox.runtime.dns_server import Resolver
 from sbx.sandbox.runtime.gate import Gate, Network
 from sbx.sandbox.runtime.proxy import ProxyHandler, _split_host_port
+from tests.sandbox.runtime.hellos import client_hello
 
 PUBLIC = "198.51.100.7"
 PUBLIC6 = "2001:db8::7"
@@ -193,17 +194,34 @@ def test_raw_ip_without_rule_is_denied(make_gate: GateFactory) -> None:
     assert decision.verdict == "denied" and "no rule" in decision.reason
 
 
-def test_raw_ip_answered_by_the_gateway_dns_for_an_allowed_name_is_allowed(
+def test_an_address_an_allowed_name_resolves_to_is_not_allowed_by_address(
     make_gate: GateFactory,
 ) -> None:
+    """A shared address (a CDN) serves other tenants: only the name in the connection's
+    first bytes can allow it, so the address alone leaves the decision to them."""
     gate = make_gate("example.com:443")
-    gate.answered[PUBLIC] = "example.com"
+    assert gate.decide_address(PUBLIC, 443) is None
     decision = gate.decide_ip(PUBLIC, 443)
-    assert decision.verdict == "allowed"
+    assert decision.verdict == "denied" and not decision.internal
+
+
+def test_a_port_no_name_rule_covers_is_refused_without_waiting_for_bytes(
+    make_gate: GateFactory,
+) -> None:
+    decision = make_gate("example.com:443").decide_address(PUBLIC, 22)
+    assert decision is not None and decision.verdict == "denied"
+
+
+def test_a_nameless_rule_allows_the_addresses_its_host_resolves_to_now(
+    make_gate: GateFactory,
+) -> None:
+    rules = (parse_rule("example.com:22", "step.yaml:3", nameless=True),)
+    gate = Gate(step="build", policy=Policy(rules=rules), refused=())
+    decision = gate.decide_address(PUBLIC, 22)
+    assert decision is not None and decision.verdict == "allowed" and decision.nameless
     assert decision.addresses == (PUBLIC,)
-    assert decision.rule is not None and decision.rule.text == "example.com:443"
-    assert gate.decide_ip(PUBLIC, 22).verdict == "denied", "the name's port rule still applies"
-    assert gate.decide_ip("198.51.100.99", 443).verdict == "denied"
+    assert gate.decide_ip("198.51.100.99", 22).verdict == "denied"
+    assert gate.decide_ip(PUBLIC, 2222).verdict == "denied"
 
 
 def test_bracketed_ipv6_target_is_judged_as_an_address(make_gate: GateFactory) -> None:
@@ -237,7 +255,6 @@ def test_internal_addresses_without_an_ip_rule_are_denied_in_every_mode(
     make_gate: GateFactory, ip: str, mode: str
 ) -> None:
     gate = make_gate("example.com", mode=mode)
-    gate.answered[ip] = "example.com"  # even if DNS had (somehow) answered it
     decision = gate.decide_ip(ip, 443)
     assert decision.verdict == "denied" and "internal" in decision.reason
 
@@ -348,7 +365,6 @@ def test_dns_allowed_name_gets_its_public_a_records(
     assert answers(reply) == [PUBLIC]
     assert all(rr.rtype == QTYPE.A for rr in reply.rr)
     assert dns.calls == [("example.com", None, socket.AF_INET)]
-    assert gate.answered == {PUBLIC: "example.com"}
     [event] = events(capsys.readouterr().out)
     assert event["verdict"] == "allowed" and event["answers"] == [PUBLIC]
     assert event["rule"] == "example.com:443" and event["rule_source"] == "step.yaml:10"
@@ -366,17 +382,17 @@ def test_dns_filters_internal_answers(
     gate = make_gate("mixed.example.com", "internal.example.com")
     assert answers(ask(gate, "mixed.example.com")) == ["198.51.100.9"]
     assert answers(ask(gate, "internal.example.com")) == []
-    assert "10.1.2.3" not in gate.answered and "127.0.0.1" not in gate.answered
     logged = events(capsys.readouterr().out)
     assert [e["answers"] for e in logged] == [["198.51.100.9"], []]
 
 
-def test_dns_answer_then_raw_ip_connection_is_allowed(make_gate: GateFactory) -> None:
-    """A tool that resolves, then connects by address (no SNI), stays within the policy."""
+def test_a_dns_answer_never_allows_its_address_later(make_gate: GateFactory) -> None:
+    """The old `answered` map let any connection to an answered address through, TTL
+    ignored: CONNECT <ip>, a silent client, a hello the relay could not read."""
     gate = make_gate("api.example.com:443")
-    assert gate.decide_ip("198.51.100.8", 443).verdict == "denied"
     ask(gate, "api.example.com")
-    assert gate.decide_ip("198.51.100.8", 443).verdict == "allowed"
+    assert gate.decide_address("198.51.100.8", 443) is None
+    assert gate.decide_ip("198.51.100.8", 443).verdict == "denied"
 
 
 def test_dns_audit_mode_answers_but_records_a_violation_and_remembers_nothing(
@@ -385,7 +401,6 @@ def test_dns_audit_mode_answers_but_records_a_violation_and_remembers_nothing(
     gate = make_gate("example.com", mode="audit")
     reply = ask(gate, "unlisted.example.org")
     assert answers(reply) == ["198.51.100.50"]
-    assert gate.answered == {}
     [event] = events(capsys.readouterr().out)
     assert event["verdict"] == "audit" and event["violation"] is True
 
@@ -477,35 +492,144 @@ def proxy(
     return got, sent_up, errors
 
 
-def test_connect_goes_to_the_gateways_resolution_not_the_original_destination(
+def relayed(dst: str, first: bytes, src_port: int = 51234) -> bytes:
+    """What the agent sends for a connection to `dst`, then the client's first bytes."""
+    return (f"CONNECT {dst} HTTP/1.1\r\nHost: {dst}\r\nX-Sbx-Orig-Src-Port: {src_port}\r\n"
+            "X-Sbx-Relay: relay-secret\r\n\r\n").encode() + first
+
+
+def test_a_relayed_connection_goes_to_the_resolution_of_the_name_its_hello_carries(
     make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gate = make_gate("example.com:443")
-    got, sent_up, errors = proxy(
-        gate,
-        (
-            b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
-            b"X-Sbx-Orig-Dst: " + CLIENT_CHOSEN.encode() + b":443\r\n"
-            b"X-Sbx-Relay: relay-secret\r\n\r\nhello"
-        ),
-        upstream,
-    )
+    hello = client_hello("example.com")
+    got, sent_up, errors = proxy(gate, relayed(f"{CLIENT_CHOSEN}:443", hello), upstream)
     assert errors == []
     assert upstream.connected == [(PUBLIC, 443)]
     assert got.startswith(b"HTTP/1.1 200") and got.endswith(b"pong")
-    assert sent_up == b"hello"
+    assert sent_up == hello
     opened, closed = events(capsys.readouterr().out)
     assert opened["phase"] == "open" and opened["connected_ip"] == PUBLIC
     assert opened["dst_ip"] == CLIENT_CHOSEN and opened["via"] == "relay"
+    assert (opened["name"], opened["name_from"], opened["src_port"]) == (
+        "example.com", "sni", 51234)
     assert closed["phase"] == "close"
-    assert (closed["bytes_out"], closed["bytes_in"]) == (5, 4)
+    assert (closed["bytes_out"], closed["bytes_in"]) == (len(hello), 4)
+
+
+@pytest.mark.parametrize("via", ["relay", "connect-ip"])
+@pytest.mark.parametrize("first", [
+    client_hello("denied.example"), client_hello(None),
+    b"GET / HTTP/1.1\r\nHost: denied.example\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: example.com\nHost: denied.example\n\n",
+    b"FOO / HTTP/1.1\r\nHost: denied.example\r\n\r\n",
+    b"SSH-2.0-x\r\n", b""],
+    ids=["sni-denied", "no-sni", "host-denied", "bare-lf", "unknown-method", "ssh", "silent"])
+def test_an_address_of_an_allowed_name_with_first_bytes_naming_nothing_allowed_is_refused(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str],
+    first: bytes, via: str,
+) -> None:
+    """The issue's nameless paths: the address is example.com's, the bytes name another
+    tenant or nothing. Nothing reaches upstream and the refusal is on record."""
+    gate = make_gate("example.com:443")
+    if via == "relay":
+        request = relayed(f"{PUBLIC}:443", first)
+    else:
+        request = f"CONNECT {PUBLIC}:443 HTTP/1.1\r\nHost: {PUBLIC}:443\r\n\r\n".encode() + first
+    got, _, errors = proxy(gate, request, upstream)
+    assert errors == []
+    assert upstream.connected == []
+    assert b"pong" not in got
+    (event,) = events(capsys.readouterr().out)
+    assert event["verdict"] == "denied" and event["violation"] is True
+    assert event["dst_ip"] == PUBLIC and event.get("rule") is None
+
+
+def test_connect_to_an_allowed_name_with_another_name_inside_is_refused(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gate = make_gate("example.com:443", "api.example.com:443")
+    got, _, _ = proxy(gate, b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n"
+                      b"\r\n" + client_hello("api.example.com"), upstream)
+    assert got.startswith(b"HTTP/1.1 200") and upstream.connected == []
+    (event,) = events(capsys.readouterr().out)
+    assert event["verdict"] == "denied" and "inside CONNECT" in event["reason"]
+
+
+def test_connect_to_an_allowed_name_carrying_a_protocol_without_names_goes_to_its_resolution(
+    make_gate: GateFactory, upstream: Upstream
+) -> None:
+    gate = make_gate("example.com:22")
+    _, sent_up, _ = proxy(gate, b"CONNECT example.com:22 HTTP/1.1\r\nHost: example.com:22"
+                            b"\r\n\r\nSSH-2.0-x\r\n", upstream)
+    assert upstream.connected == [(PUBLIC, 22)] and sent_up == b"SSH-2.0-x\r\n"
+
+
+def test_a_relayed_internal_address_is_refused_before_any_byte(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The probes' peer check: the record must come at once, the client sends nothing."""
+    client, served = socket.socketpair()
+    server = SimpleNamespace(gate=make_gate("example.com:80"), flows={},
+                             flows_lock=threading.Lock())
+    client.sendall(relayed("10.9.9.9:80", b""))  # and nothing more, connection kept open
+    thread = threading.Thread(target=ProxyHandler, args=(served, ("172.30.0.3", 40000), server),
+                              daemon=True)
+    thread.start()
+    client.settimeout(5)
+    assert client.recv(64).startswith(b"HTTP/1.1 403")
+    (event,) = events(capsys.readouterr().out)
+    assert event["internal"] is True and event["src_port"] == 51234
+    client.close()
+    thread.join(5)
+
+
+def test_refusals_tell_the_step_only_denied_by_policy(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The 403 once said "resolves only to internal addresses [10.1.2.3, ...]"."""
+    got, _, _ = proxy(make_gate("internal.example.com:80"),
+                      b"GET http://internal.example.com/ HTTP/1.1\r\n"
+                      b"Host: internal.example.com\r\n\r\n", upstream)
+    assert got.startswith(b"HTTP/1.1 403")
+    assert got.endswith(b"\r\n\r\nsbx gateway: denied by policy\n")
+    assert b"10.1.2.3" not in got and b"127.0.0.1" not in got
+    (event,) = events(capsys.readouterr().out)
+    assert "10.1.2.3" in event["reason"] and event["internal"] is True
+
+
+@pytest.mark.parametrize("request_head", [
+    b"GET http://example.com/ HTTP/1.1\nHost: evil.test\n\n",
+    b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nHost: evil.test\r\n\r\n",
+    b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\nX: \x01\r\n\r\n",
+    b"CONNECT [fe80::1%eth0\x1b[31m]:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET http://user@example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n",
+], ids=["bare-lf", "duplicate-host", "control-char", "zone-index", "userinfo"])
+def test_explicit_requests_that_could_be_read_two_ways_are_refused(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str],
+    request_head: bytes,
+) -> None:
+    got, _, _ = proxy(make_gate("example.com:80", "example.com:443"), request_head, upstream)
+    assert got.startswith(b"HTTP/1.1 400") and upstream.connected == []
+    (event,) = events(capsys.readouterr().out)
+    assert event["verdict"] == "denied" and "dst_ip" not in event
+
+
+def test_an_absolute_request_is_rebuilt_not_copied(
+    make_gate: GateFactory, upstream: Upstream
+) -> None:
+    _, sent_up, _ = proxy(make_gate("example.com:80"),
+                          b"GET http://example.com/a HTTP/1.1\r\nHost:  example.com \r\n"
+                          b"X-A:\tb\r\n\r\n", upstream)
+    assert sent_up == b"GET /a HTTP/1.1\r\nHost: example.com\r\nX-A: b\r\n\r\n"
 
 
 def test_denied_connect_answers_403_and_never_connects(
     make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gate = make_gate("example.com:443")
-    got, _, errors = proxy(gate, b"CONNECT unlisted.example.org:443 HTTP/1.1\r\n\r\n", upstream)
+    got, _, errors = proxy(gate, b"CONNECT unlisted.example.org:443 HTTP/1.1\r\n"
+                           b"Host: unlisted.example.org:443\r\n\r\n", upstream)
     assert errors == []
     assert got.startswith(b"HTTP/1.1 403")
     assert upstream.connected == []
@@ -560,7 +684,7 @@ def test_a_relayed_refusal_of_an_internal_address_names_its_source_port(
     """The probes find their connection in the gateway's record by the source port, and
     need the record to say the address was refused as internal, not for want of a rule."""
     gate = make_gate("example.com", refused=("10.0.0.2/32",))
-    got, _, _ = proxy(gate, b"CONNECT 10.0.0.2:80 HTTP/1.1\r\nX-Sbx-Orig-Dst: 10.0.0.2:80\r\n"
+    got, _, _ = proxy(gate, b"CONNECT 10.0.0.2:80 HTTP/1.1\r\nHost: 10.0.0.2:80\r\n"
                       b"X-Sbx-Orig-Src-Port: 51234\r\nX-Sbx-Relay: relay-secret\r\n\r\n",
                       upstream)
     assert got.startswith(b"HTTP/1.1 403") and upstream.connected == []
@@ -572,7 +696,8 @@ def test_a_relayed_refusal_of_an_internal_address_names_its_source_port(
 def test_a_denial_for_want_of_a_rule_is_not_marked_internal(
     make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    proxy(make_gate("example.com"), b"CONNECT 198.51.100.50:80 HTTP/1.1\r\n\r\n", upstream)
+    proxy(make_gate("example.com:80"), b"CONNECT 198.51.100.50:80 HTTP/1.1\r\n"
+          b"Host: 198.51.100.50:80\r\n\r\n", upstream)
     (event,) = events(capsys.readouterr().out)
     assert event["verdict"] == "denied" and "internal" not in event
     assert event["src_port"] == 40000  # the proxy client's own port
@@ -581,7 +706,7 @@ def test_a_denial_for_want_of_a_rule_is_not_marked_internal(
 def test_a_step_cannot_claim_a_source_port_without_the_relay_token(
     make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    proxy(make_gate("example.com"), b"CONNECT 10.1.1.1:80 HTTP/1.1\r\n"
+    proxy(make_gate("example.com"), b"CONNECT 10.1.1.1:80 HTTP/1.1\r\nHost: 10.1.1.1:80\r\n"
           b"X-Sbx-Orig-Src-Port: 51234\r\nX-Sbx-Relay: guessed\r\n\r\n", upstream)
     (event,) = events(capsys.readouterr().out)
     assert event["src_port"] == 40000 and event["internal"] is True
@@ -618,3 +743,50 @@ def test_plain_http_with_a_host_header_for_another_host_is_refused(
     assert upstream.connected == []
     (event,) = events(capsys.readouterr().out)
     assert event["verdict"] == "denied" and "differs" in event["reason"]
+
+
+def test_names_are_resolved_as_absolute_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the trailing dot a failed lookup is retried under the host's search
+    domains (`evil` becomes `evil.corp.internal`): not the name decided."""
+    asked: list[str] = []
+
+    def getaddrinfo(host: str, *_: Any) -> list[Any]:
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (PUBLIC, 443))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    gate = Gate(step="s", policy=Policy(), refused=())
+    assert gate.resolve("example.com", 443) == [PUBLIC]
+    assert gate.resolve("example.com.", 443) == [PUBLIC]
+    assert asked == ["example.com.", "example.com."]
+
+
+@pytest.mark.parametrize(("mode", "verdict"), [("enforce", "denied"), ("audit", "audit")])
+def test_a_silent_client_is_denied_in_enforce_and_let_through_by_address_in_audit(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, mode: str, verdict: str,
+) -> None:
+    """No fallback to the address in enforce mode, however long the silence; audit mode
+    lets everything through anyway, so it waits only briefly (ssh speaks second)."""
+    from sbx.sandbox.runtime import limits
+    monkeypatch.setattr(limits, "FIRST_BYTES_WAIT", 0.3)
+    monkeypatch.setattr(limits, "FIRST_BYTES_WAIT_AUDIT", 0.3)
+    gate = make_gate("example.com:443", mode=mode)
+    client, served = socket.socketpair()
+    server = SimpleNamespace(gate=gate, flows={}, flows_lock=threading.Lock())
+    client.sendall(relayed(f"{PUBLIC}:443", b""))
+    thread = threading.Thread(target=ProxyHandler, args=(served, ("172.30.0.3", 40000), server),
+                              daemon=True)
+    thread.start()
+    for _ in range(100):
+        if upstream.connected or not thread.is_alive():
+            break
+        thread.join(0.1)
+    client.close()
+    for far in upstream.far:
+        far.close()
+    thread.join(10)
+    assert not thread.is_alive()
+    (event, *_) = events(capsys.readouterr().out)
+    assert event["verdict"] == verdict and "no first bytes" in event["reason"]
+    assert upstream.connected == ([] if mode == "enforce" else [(PUBLIC, 443)])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -103,3 +104,25 @@ def test_every_probe_says_what_counted_as_reached() -> None:
     assert {"dns-canary-udp", "dns-canary-tcp", "egress-raw-ip", "peer-step", "peer-step-proxy",
             "proxy-internal"} <= set(names)
     assert set(probe.REACHED_IF) == {"relayed", "direct", "udp", "icmp", "proxy", "dns", "error"}
+
+
+def test_no_two_probes_share_a_source_port() -> None:
+    """The gateway's record is matched to a probe by source port: a port freed by the
+    relay's reset and handed out again would clash in conntrack's NAT table, and the
+    kernel would rewrite it (the load test saw a record with a port the probe never had)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    ports = probe.SourcePorts()
+    seen: list[int] = []
+    try:
+        for _ in range(600):
+            with ports.socket(socket.AF_INET) as s:
+                seen.append(s.getsockname()[1])
+                s.connect(server.getsockname())
+                conn, _ = server.accept()
+                # Reset, as the relay does: the client's port is free again at once.
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+    finally:
+        ports.close()
+        server.close()
+    assert len(set(seen)) == len(seen)

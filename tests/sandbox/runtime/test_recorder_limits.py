@@ -21,6 +21,7 @@ from sbx.sandbox.runtime.counters import COUNTERS, udp_drops
 from sbx.sandbox.runtime.dns_server import Resolver, make_servers
 from sbx.sandbox.runtime.gate import Gate
 from sbx.sandbox.runtime.proxy import Proxy, ProxyHandler
+from tests.sandbox.runtime.hellos import client_hello
 
 
 class Lines:
@@ -209,8 +210,11 @@ def test_a_flow_still_connecting_when_the_gateway_stops_is_recorded(
     # The module, not the test: the gateway's own upstream connect hangs from here on.
     monkeypatch.setattr(proxy_module.socket, "create_connection", slow_connect)
     try:
-        client.sendall(b"CONNECT slow.test:443 HTTP/1.1\r\nHost: slow.test:443\r\n\r\n")
-        _wait_for(lambda: bool(server.flows))
+        # The hello follows at once: the name is decided, the upstream connect hangs.
+        client.sendall(b"CONNECT slow.test:443 HTTP/1.1\r\nHost: slow.test:443\r\n\r\n"
+                       + client_hello("slow.test"))
+        _wait_for(lambda: any(f.waiting == "connecting upstream"
+                              for f in list(server.flows.values())))
         with server.flows_lock:  # what the gateway's SIGTERM handler does
             for flow in list(server.flows.values()):
                 proxy_module.emit_close(flow)

@@ -52,10 +52,18 @@ def proxy_connect(name: str, target: str) -> None:
         with socket.create_connection((proxy.hostname, proxy.port), timeout=5) as s:
             s.sendall(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
             head = s.recv(256)
+            if b" 200 " not in head[:16]:
+                record(name, False, head.split(b"\r\n")[0].decode())
+                return
+            # CONNECT to an address is answered before the bytes that name the destination
+            # are judged: reached only if the far side answers them.
+            host = target.rsplit(":", 1)[0]
+            s.sendall(f"GET / HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            body = s.recv(256)
     except OSError as exc:
         record(name, False, f"{type(exc).__name__}: {exc}")
         return
-    record(name, b" 200 " in head[:16], head.split(b"\r\n")[0].decode())
+    record(name, bool(body), f"after 200: {body[:60]!r}")
 
 
 def udp_send(name: str, ip: str, port: int, payload: bytes) -> bytes | None:

@@ -23,13 +23,25 @@ from sbx.sandbox.runtime.http.exchange import Exchange, Record, refusal
 from sbx.sandbox.runtime.http.judge import Judge, canonical_host
 from sbx.sandbox.runtime.http.relay import Side, run
 from sbx.sandbox.runtime.http.tls import RunCA, upstream_context
-from sbx.sandbox.runtime.sniff import MAX_HEAD, needs_more, tls_sni
+from sbx.sandbox.runtime.sniff import MAX_FIRST, read
 
 # A first line that any HTTP server might read as a request: a method-like token and a
 # space, a leading empty line, or "HTTP/" anywhere in it. Lenient on purpose: what looks
 # like HTTP goes to h11, which is strict.
 _HTTP_LIKE: Final = re.compile(rb"^(?:[\r\n]|[!#$%&'*+.^_`|~0-9A-Za-z-]{1,20}[ \t]|[^\n]*HTTP/)")
 PEEK_TIMEOUT: Final = 30.0
+
+
+def needs_more(data: bytes) -> bool:
+    """True while `data` is a plausible but incomplete ClientHello or HTTP head (`sniff`'s
+    one reading of first bytes decides which)."""
+    return len(data) < MAX_FIRST and read(data) is None
+
+
+def tls_sni(data: bytes) -> str | None:
+    """The one server name of the ClientHello in `data`, or None (none, or ambiguous)."""
+    reading = read(data)
+    return reading.name if reading is not None and reading.protocol == "tls" else None
 
 
 @dataclass
@@ -99,7 +111,7 @@ def _first_bytes(client: socket.socket, upstream: socket.socket) -> bytes | None
     data = b""
     try:
         while not data or needs_more(data):
-            chunk = client.recv(MAX_HEAD - len(data))
+            chunk = client.recv(MAX_FIRST - len(data))
             if not chunk:
                 break
             data += chunk

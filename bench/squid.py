@@ -1,0 +1,106 @@
+"""The sandbox a user would build by hand: the step on an internal network, Squid its only
+way out (the way GitHub's agent firewall does it), no probes, no evidence.
+
+One no-op run, timed as a whole: create an internal network and an egress network,
+start Debian's `squid` (an image built here with mmdebstrap, like sbx's own) on the
+egress network with an allowlist, connect it to the internal network, wait until it
+accepts, run the step container there without capabilities, then remove everything.
+Every object carries `sbx.run=<id>` labels, so `sbx gc` finds what a killed bench leaves.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import time
+from collections.abc import Callable
+
+import docker
+
+from bench.measure import BenchError
+from sbx.sandbox import labels as L
+from sbx.sandbox.archive import pack_files
+from sbx.sandbox.image_build import _build_debian_image, _DebianRecipe, _image_labels
+from sbx.sandbox.sandbox import remove_by_label
+
+_RECIPE = _DebianRecipe("sbx-bench-squid", ("squid",),
+                        ("squid", "-N", "-f", "/etc/squid/squid.conf"))
+SQUID_IMAGE = f"sbx-bench-squid:{_RECIPE.digest}"
+SQUID_PORT = 3128
+
+
+def squid_conf(allow: tuple[str, ...]) -> bytes:
+    """An allowlist proxy: the listed domains on web ports, nothing else, no cache."""
+    return "\n".join([
+        f"http_port {SQUID_PORT}",
+        f"acl allowed dstdomain {' '.join(allow)}",
+        "acl web_ports port 80 443 8080 8443",
+        "acl CONNECT method CONNECT",
+        "http_access deny !web_ports",
+        "http_access allow allowed",
+        "http_access deny all",
+        "cache deny all",
+        "pid_filename none",
+        "shutdown_lifetime 0 seconds",
+        "",
+    ]).encode()
+
+
+def ensure_image(client: docker.DockerClient, log: Callable[[str], None]) -> str:
+    """Build the Squid image from Debian packages if this engine lacks it."""
+    if _image_labels(client, SQUID_IMAGE) is None:
+        log(f"building {SQUID_IMAGE} (Debian squid, mmdebstrap)")
+        _build_debian_image(client, _RECIPE, SQUID_IMAGE, log)
+    return SQUID_IMAGE
+
+
+def _wait_accepting(ip: str, port: int, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while True:
+        try:
+            with socket.create_connection((ip, port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise BenchError(
+                    f"squid did not accept on {ip}:{port} within {limit:.0f} s") from None
+            time.sleep(0.02)
+
+
+def squid_noop(client: docker.DockerClient, step_image: str,
+               allow: tuple[str, ...] = ("pypi.org",)) -> float:
+    """Wall seconds of one hand-built Squid sandbox running `true`, removal included."""
+    api = client.api
+    run_id = "bench-squid-" + secrets.token_hex(4)
+    labels = {L.RUN: run_id}
+    began = time.perf_counter()
+    try:
+        internal = api.create_network(f"{run_id}-int", driver="bridge", internal=True,
+                                      labels=labels)["Id"]
+        egress = api.create_network(f"{run_id}-out", driver="bridge", labels=labels)["Id"]
+        squid = api.create_container(
+            SQUID_IMAGE, name=f"{run_id}-squid", labels=labels,
+            host_config=api.create_host_config(network_mode=f"{run_id}-out"))["Id"]
+        api.put_archive(squid, "/etc/squid", pack_files({"squid.conf": squid_conf(allow)}))
+        api.connect_container_to_network(squid, internal)
+        api.start(squid)
+        ip = api.inspect_container(squid)["NetworkSettings"]["Networks"][f"{run_id}-out"][
+            "IPAddress"]
+        _wait_accepting(ip, SQUID_PORT)
+        proxy = f"http://{run_id}-squid:{SQUID_PORT}"
+        step = api.create_container(
+            step_image, command=["true"], labels=labels,
+            environment={"HTTP_PROXY": proxy, "HTTPS_PROXY": proxy},
+            host_config=api.create_host_config(network_mode=f"{run_id}-int",
+                                               cap_drop=["ALL"]))["Id"]
+        api.start(step)
+        code = api.wait(step, timeout=120)["StatusCode"]
+        if code != 0:
+            raise BenchError(f"the step in the Squid sandbox exited {code}")
+        api.remove_container(step, force=True)
+        api.remove_container(squid, force=True)
+        api.remove_network(internal)
+        api.remove_network(egress)
+        return time.perf_counter() - began
+    finally:
+        remove_by_label(client, labels)

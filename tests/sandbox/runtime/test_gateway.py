@@ -460,7 +460,7 @@ def proxy(
 ) -> tuple[bytes, bytes, list[BaseException]]:
     """Run one proxy connection; returns (what the client got, what upstream got, errors)."""
     client, served = socket.socketpair()
-    server = SimpleNamespace(gate=gate, flows={}, flows_lock=threading.Lock())
+    server = SimpleNamespace(gate=gate, flows={}, flows_lock=threading.Lock(), inspection=None)
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -571,7 +571,7 @@ def test_a_relayed_internal_address_is_refused_before_any_byte(
     """The probes' peer check: the record must come at once, the client sends nothing."""
     client, served = socket.socketpair()
     server = SimpleNamespace(gate=make_gate("example.com:80"), flows={},
-                             flows_lock=threading.Lock())
+                             flows_lock=threading.Lock(), inspection=None)
     client.sendall(relayed("10.9.9.9:80", b""))  # and nothing more, connection kept open
     thread = threading.Thread(target=ProxyHandler, args=(served, ("172.30.0.3", 40000), server),
                               daemon=True)
@@ -773,7 +773,7 @@ def test_a_silent_client_is_denied_in_enforce_and_let_through_by_address_in_audi
     monkeypatch.setattr(limits, "FIRST_BYTES_WAIT_AUDIT", 0.3)
     gate = make_gate("example.com:443", mode=mode)
     client, served = socket.socketpair()
-    server = SimpleNamespace(gate=gate, flows={}, flows_lock=threading.Lock())
+    server = SimpleNamespace(gate=gate, flows={}, flows_lock=threading.Lock(), inspection=None)
     client.sendall(relayed(f"{PUBLIC}:443", b""))
     thread = threading.Thread(target=ProxyHandler, args=(served, ("172.30.0.3", 40000), server),
                               daemon=True)

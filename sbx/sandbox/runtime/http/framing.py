@@ -4,14 +4,19 @@ h11 is lenient where a server behind the gateway may not be: it accepts bare LF 
 ends and obs-fold, merges identical duplicate Content-Length headers and lets
 Transfer-Encoding win over Content-Length. Each of these is how requests get smuggled
 past a checker that reads them one way to a server that reads them another. This
-module only refuses; what a request *is* (method, target, headers) is h11's answer.
+module only refuses; what a request *is* (method, target, headers) is h11's answer. The
+line checks are `http_head.check_lines`, the same the head that picks the destination
+passes, so the first request and every one after it are held to one standard.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-MAX_HEAD: Final = 32 * 1024
+from sbx.sandbox.runtime import http_head
+from sbx.sandbox.runtime.http_head import HeadError, check_lines
+
+MAX_HEAD: Final = http_head.MAX_HEAD  # one bound for every head (16 KiB)
 
 
 class Refused(ValueError):
@@ -38,13 +43,10 @@ def head_length(buf: bytes | bytearray) -> int | None:
 
 
 def _check_lines(lines: list[bytes]) -> None:
-    for i, line in enumerate(lines):
-        if b"\n" in line or b"\r" in line:
-            raise Refused("bare LF or CR line end in the request head")
-        if b"\x00" in line:
-            raise Refused("NUL byte in the request head")
-        if i > 0 and line[:1] in (b" ", b"\t"):
-            raise Refused("obs-fold (a header line continued on the next line)")
+    try:
+        check_lines(b"\r\n".join(lines))
+    except HeadError as exc:
+        raise Refused(str(exc)) from None
 
 
 def _check_head(head: bytes) -> None:

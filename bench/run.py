@@ -28,7 +28,7 @@ import docker  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench import machine, scale  # noqa: E402
+from bench import inspection, machine, scale  # noqa: E402
 from bench.internet import Internet  # noqa: E402
 from bench.measure import Bench, BenchError, Result, Sizes  # noqa: E402
 from sbx.attest.signing.local import keygen  # noqa: E402
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", type=Path, metavar="PATH", help="write a Markdown table")
     p.add_argument("--only", action="append", default=[],
                    choices=["overhead", "squid", "parallel", "scale", "throughput", "latency",
-                            "verify", "memory"],
+                            "verify", "memory", "inspection"],
                    help="run only these benchmarks (repeatable)")
     p.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     args = p.parse_args(argv)
@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     # The Squid baseline needs its own image (about 100 s of mmdebstrap the first time):
     # full mode only, or asked for by name.
     wanted = set(args.only) or {"overhead", "parallel", "scale", "throughput", "latency",
-                                "verify", "memory"} | (set() if args.quick else {"squid"})
+                                "verify", "memory", "inspection"} | (set() if args.quick
+                                                                      else {"squid"})
     results: list[Result] = []
     broken: list[str] = []
     began = time.monotonic()
@@ -147,11 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         attempt("scale", lambda: scale.scale(bench))
         attempt("verify", bench.verification)
         attempt("memory", bench.memory_idle)
-        if wanted & {"throughput", "latency"}:
+        if wanted & {"throughput", "latency", "inspection"}:
             with Internet(client, "bench-" + secrets.token_hex(4), step_image) as net:
                 bench.internet = net
                 attempt("throughput", bench.throughput)
                 attempt("latency", bench.latency)
+                attempt("inspection", lambda: [inspection.inspected_download(bench),
+                                               inspection.inspected_requests(bench)])
     if not args.quick:
         for r in results:
             r.judge()

@@ -11,11 +11,11 @@ FROM ${BASE}
 # A base that already has what the runtime needs (a Debian python3 with python3-dnslib,
 # iptables and iproute2, such as a mirrored sbx-base-runtime) builds without any network.
 RUN if command -v iptables >/dev/null && command -v ip >/dev/null \
-      && python3 -c 'import dnslib' 2>/dev/null; then exit 0; fi \
+      && python3 -c 'import dnslib, h11, cryptography' 2>/dev/null; then exit 0; fi \
  && apt-get update \
  && apt-get install -y --no-install-recommends iptables iproute2 \
  && rm -rf /var/lib/apt/lists/* \
- && python3 -m pip install --no-cache-dir 'dnslib>=0.9'
+ && python3 -m pip install --no-cache-dir 'dnslib>=0.9' 'h11>=0.14' 'cryptography>=38'
 COPY sbx /opt/sbx/sbx
 ENV PYTHONPATH=/opt/sbx PYTHONDONTWRITEBYTECODE=1
 LABEL sbx.managed=1

@@ -1,22 +1,27 @@
 """Download a generated body REPS times and print the rates as one JSON line.
 
 Timed inside the container, so container start and sandbox set-up are not counted:
-from before the connection to the last byte. Usage: download.py HOST PORT SIZE REPS
+from before the connection to the last byte. Usage: download.py HOST PORT SIZE REPS [CAFILE]
+With CAFILE the download is HTTPS, verified against it ("env": $SSL_CERT_FILE, the bundle
+sbx gives a step whose TLS it inspects).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
+import ssl
 import sys
 import time
 
 
-def fetch(host: str, port: int, size: int) -> float:
+def fetch(host: str, port: int, size: int, ctx: ssl.SSLContext | None = None) -> float:
     """Seconds to fetch /bytes/SIZE over a new connection, checking the length."""
     buf = bytearray(1 << 20)
     began = time.perf_counter()
-    with socket.create_connection((host, port), timeout=60) as s:
+    raw = socket.create_connection((host, port), timeout=60)
+    with ctx.wrap_socket(raw, server_hostname=host) if ctx else raw as s:
         s.sendall(f"GET /bytes/{size} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
         head = b""
         while b"\r\n\r\n" not in head:
@@ -36,7 +41,11 @@ def fetch(host: str, port: int, size: int) -> float:
 def main() -> None:
     """Print {"seconds": [...], "mb_per_s": [...]} for REPS downloads."""
     host, port, size, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    seconds = [fetch(host, port, size) for _ in range(reps)]
+    ctx = None
+    if len(sys.argv) > 5:
+        cafile = os.environ["SSL_CERT_FILE"] if sys.argv[5] == "env" else sys.argv[5]
+        ctx = ssl.create_default_context(cafile=cafile)
+    seconds = [fetch(host, port, size, ctx) for _ in range(reps)]
     print(json.dumps({"bench": "download", "size": size, "seconds": seconds,
                       "mb_per_s": [size / s / 1e6 for s in seconds]}), flush=True)
 

@@ -93,6 +93,9 @@ class Isolation:
     # "N attempts, M itemized": attempts counted (decisions plus what each layer
     # dropped or refused without an event) against the decision events written.
     recording: Mapping[str, int] | None = None
+    # Checked HTTP requests: counts per rule and verdict, the denied ones, the hosts whose
+    # TLS was inspected and the run CA's fingerprint. None when there were none.
+    actions: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

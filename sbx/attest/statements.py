@@ -118,6 +118,7 @@ def isolation_predicate(iso: Isolation) -> dict[str, Any]:
         "events": {"digest": {"sha256": iso.events_sha256}, "count": iso.events_count},
         **({"recording": dict(sorted(iso.recording.items()))} if iso.recording is not None
            else {}),
+        **({"actions": dict(iso.actions)} if iso.actions is not None else {}),
     }
 
 

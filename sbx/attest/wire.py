@@ -136,6 +136,7 @@ class Sandbox(_Wire):
     destinations: list[str]
     events: EventsRef
     recording: dict[str, int] | None = None
+    actions: dict[str, Any] | None = None
 
 
 class IsolationPredicate(_Wire):

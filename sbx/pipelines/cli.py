@@ -209,16 +209,30 @@ def _plan(args: argparse.Namespace) -> int:
     from sbx.pipelines.run.runner import load_run_file
 
     _, pipeline, _ = load_run_file(args.file)
+    from sbx.pipelines.policy_tools.actions import (
+        plan_requests,
+        recorded_requests,
+        render_request_plan,
+    )
+
     policies = {s.spec.name: s.spec.policy() for s in pipeline.steps}
     print(render_plan(plan(policies, recorded_flows(args.against))), end="")
+    print(render_request_plan(*plan_requests(policies, recorded_requests(args.against))),
+          end="")
     return EXIT_OK
 
 
 def _learn(args: argparse.Namespace) -> int:
     from sbx.pipelines.policy_tools import learn, recorded_flows, render_learn, unlearnable
+    from sbx.pipelines.policy_tools.actions import (
+        learn_actions,
+        recorded_requests,
+        render_learned_actions,
+    )
 
     flows = recorded_flows(args.run_dir)
     print(render_learn(learn(flows), unlearnable(flows)), end="")
+    print(render_learned_actions(learn_actions(recorded_requests(args.run_dir))), end="")
     return EXIT_OK
 
 

@@ -41,6 +41,8 @@ class StepConfig:
     # The image id (sha256:...) the reference resolved to when it was pulled: the step runs
     # this, so a tag that moves during the run cannot change what runs.
     image_id: str | None = None
+    # PEM CAs the gateway trusts for upstream TLS of inspected hosts, besides the system store.
+    upstream_ca: str = ""
 
 
 @dataclass(frozen=True)

@@ -73,8 +73,10 @@ RUNTIME_REPO = "sbx-runtime"
 STEP_REPO = "sbx-step"
 STEP_IMAGE = f"{STEP_REPO}:{SUITE}"
 
+# python3-h11 reads every HTTP request head and request the gateway checks; python3-idna
+# normalizes names; python3-cryptography mints the run CA and its leaves for TLS inspection.
 RUNTIME_PACKAGES: tuple[str, ...] = ("python3", "python3-dnslib", "python3-h11", "python3-idna",
-                                     "iptables", "iproute2")
+                                     "python3-cryptography", "iptables", "iproute2")
 STEP_PACKAGES: tuple[str, ...] = ("python3", "python3-pip", "python3-setuptools", "python3-wheel",
                                   "git", "curl", "ca-certificates", "openssl")
 
@@ -88,6 +90,7 @@ _RUNTIME_FIXED = (
     "sbx/__init__.py",
     "sbx/sandbox/__init__.py",
     "sbx/sandbox/policy/__init__.py",
+    "sbx/sandbox/policy/actions.py",
     "sbx/sandbox/policy/addresses.py",
     "sbx/sandbox/policy/errors.py",
     "sbx/sandbox/policy/model.py",

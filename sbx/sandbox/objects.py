@@ -64,6 +64,8 @@ class SandboxObjects:
         self.egress_network = options.egress_network
         self.containers: dict[str, str] = {}
         self.agent_caps: dict[str, str] = {}
+        # The gateway's run CA certificate (public) and fingerprint, when it inspects TLS.
+        self.run_ca: tuple[str, str] | None = None
         self._lock = threading.Lock()
         self._ready = {role: threading.Event() for role in ("gateway", "agent")}
         self._failed: dict[str, str] = {}

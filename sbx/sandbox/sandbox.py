@@ -17,7 +17,7 @@ import docker
 from docker.errors import NotFound
 
 from sbx.errors import EnvironmentFailure
-from sbx.sandbox import storage
+from sbx.sandbox import storage, trust
 from sbx.sandbox.archive import ArchiveError, OutputFile, pack_inputs, unpack_output
 from sbx.sandbox.config import SandboxFacts
 from sbx.sandbox.engine import ENGINE_ERRORS
@@ -57,6 +57,9 @@ class Sandbox(Teardown, Probing, RuntimeStart):
             for key in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
                 env[key] = proxy
             env["NO_PROXY"] = env["no_proxy"] = "localhost,127.0.0.1"
+        bundle = trust.bundle_path(step.workdir, step.read_only_rootfs) if self.run_ca else None
+        if bundle is not None:
+            env.update(trust.ca_env(bundle))
         env.update(dict(step.secrets))
         uid, gid = _numeric_user(step.user)
         began = time.monotonic()
@@ -96,6 +99,8 @@ class Sandbox(Teardown, Probing, RuntimeStart):
             self.api.put_archive(cid, step.workdir, archive)
         else:
             self.api.put_archive(cid, "/", pack_inputs(step.inputs, step.workdir, uid, gid))
+        if bundle is not None and self.run_ca is not None:
+            trust.install_bundle(self.api, cid, bundle, self.run_ca[0], uid, gid)
         began = self._add_time("copy_in", began)
         output = self._attach(cid, stderr=True)
         self.api.start(cid)

@@ -51,7 +51,7 @@ class RuntimeStart(Recorder):
                   "proxy_port": PROXY_PORT, "dns_port": 53,
                   "refused": [f"{ip}/32" if ":" not in ip else f"{ip}/128"
                               for ip in self.options.host_ips] + [str(STEP_POOL)],
-                  "relay_token": relay_token}
+                  "relay_token": relay_token, "upstream_ca": self.step.upstream_ca}
         agent_cfg = {"step": self.step.name, "gateway_ip": net.gateway_ip, "own_ip": net.agent_ip,
                      "bridge_ip": net.bridge_ip, "proxy_port": PROXY_PORT,
                      "relay_port": RELAY_PORT, "dns_udp_port": DNS_UDP_PORT,
@@ -183,6 +183,9 @@ class RuntimeStart(Recorder):
             if event.get("phase") == "ready":
                 if role == "agent":
                     self.agent_caps = dict(event.get("caps", {}))
+                elif isinstance(event.get("ca_cert"), str):
+                    self.run_ca = (str(event["ca_cert"]), str(event.get("ca_fingerprint", "")))
+                    del event["ca_cert"]  # the fingerprint names it in the record
                 self._ready[role].set()
             elif event.get("phase") == "failed":
                 self._failed[role] = str(event.get("reason", "unknown failure"))

@@ -333,3 +333,46 @@ def test_a_run_with_only_the_jsonl_copy_verifies_from_it(make_run: MakeRun) -> N
     report = verify(run)
     assert report.passed, failed(report)
     assert {r.check: r.status for r in report.results}[Check.BUNDLE] is Status.PASS
+
+
+# -- isolation.actions: checked requests and TLS inspection (issue 15)
+
+_ACTION_POLICY = {"mode": "enforce", "rules": [
+    {"text": "pypi.org:443", "source": "step.yaml:7", "host": "pypi.org", "port": 443,
+     "inspect": True, "methods": ["GET"], "paths": ["/simple/**"]},
+    {"text": "files.example:443", "source": "step.yaml:9", "host": "files.example", "port": 443}]}
+_ACTIONS = {"requests": {"pypi.org:443 GET /simple/**": {"allowed": 3}}, "denied": [],
+            "deniedCount": 0, "inspectedHosts": ["pypi.org"], "caFingerprint": "sha256:" + "a" * 64}
+
+
+def test_checked_requests_within_the_policy_pass(make_run: MakeRun) -> None:
+    run = make_run(changes={"build": {"policy": _ACTION_POLICY, "actions": _ACTIONS}})
+    report = verify(run, ReleasePolicy(version=1, inspected_hosts={"*": ("pypi.org",)}))
+    assert report.passed, failed(report)
+    [row] = [r for r in report.results if r.check is Check.ACTIONS]
+    assert "3 checked request(s)" in row.reason
+
+
+@pytest.mark.parametrize(("actions", "policy", "words"), [
+    ({**_ACTIONS, "caFingerprint": None}, DEFAULT_POLICY, "no run CA fingerprint"),
+    ({**_ACTIONS, "deniedCount": 1, "denied": [{"method": "POST", "host": "pypi.org",
+                                                "path": "/upload"}]},
+     DEFAULT_POLICY, "1 HTTP request(s) denied (POST pypi.org/upload), the policy allows 0"),
+    ({**_ACTIONS, "denied": [{"method": "POST"}]}, DEFAULT_POLICY, "more denied requests"),
+    (_ACTIONS, ReleasePolicy(version=1, inspected_hosts={"build": ("files.example",)}),
+     "files.example not inspected"),
+])
+def test_actions_evidence_that_breaks_the_policy_fails(make_run: MakeRun, actions: dict[str, Any],
+                                                        policy: ReleasePolicy, words: str) -> None:
+    actions = {k: v for k, v in actions.items() if v is not None}
+    run = make_run(changes={"build": {"policy": _ACTION_POLICY, "actions": actions}})
+    reasons = failed(verify(run, policy))
+    assert set(reasons) == {"isolation.actions"}, reasons
+    assert words in reasons["isolation.actions"]
+
+
+def test_a_denied_request_within_the_release_bound_passes(make_run: MakeRun) -> None:
+    actions = {**_ACTIONS, "deniedCount": 2, "denied": []}
+    run = make_run(changes={"build": {"policy": _ACTION_POLICY, "actions": actions}})
+    lax = ReleasePolicy(version=1, isolation=IsolationPolicy(max_denied_requests=2))
+    assert verify(run, lax).passed

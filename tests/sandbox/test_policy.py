@@ -22,6 +22,7 @@ from sbx.sandbox.policy import (
     is_internal,
     normalize_name,
     parse_rule,
+    with_actions,
 )
 
 # --------------------------------------------------------------------------- module shape
@@ -411,6 +412,9 @@ def test_from_dict_revalidates_and_fails_closed() -> None:
     good = parse_rule("example.com").to_dict()
     # Unknown (future) fields are refused, never ignored.
     with pytest.raises(PolicyError, match="unknown field"):
+        Rule.from_dict({**good, "rate_limit": 5})
+    # Action fields that disagree with the rule's own form are refused, never half-applied.
+    with pytest.raises(PolicyError, match="does not match"):
         Rule.from_dict({**good, "methods": ["GET"]})
     # Stored fields that disagree with the text are refused.
     with pytest.raises(PolicyError, match="does not match"):
@@ -617,6 +621,17 @@ def test_idna_follows_uts46_as_clients_do(name: str, punycode: str) -> None:
     idna package reach (UTS 46, non-transitional)."""
     assert normalize_name(name) == punycode
     assert normalize_name(punycode) == punycode
+
+
+def test_a_rule_is_never_both_nameless_and_action_level() -> None:
+    """A nameless connection names nothing, so there are no requests to check it by."""
+    nameless = parse_rule("git.example.com:22", "s.yaml:3", nameless=True)
+    with pytest.raises(PolicyError, match="nameless and has methods"):
+        with_actions(nameless, ["GET"], None)
+    with pytest.raises(PolicyError, match="nameless and has methods"):
+        Rule.from_dict({**nameless.to_dict(), "inspect": True, "methods": ["GET"]})
+    both = with_actions(parse_rule("pypi.org:443", "s.yaml:4"), ["GET"], ["/simple/**"])
+    assert Rule.from_dict(both.to_dict()) == both
 
 
 def test_a_nameless_rule_round_trips_and_changes_the_digest() -> None:

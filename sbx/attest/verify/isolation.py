@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 
+from sbx.attest.verify.actions import check_actions
 from sbx.attest.verify.model import (
     Check,
     CheckResult,
@@ -94,6 +95,7 @@ def check_isolation(run: _Run, policy: ReleasePolicy) -> list[CheckResult]:
         _per_sandbox(Check.DESTINATIONS, bool(policy.destinations),
                      "destinations within the policy", boxes,
                      lambda step, s: _destinations(policy, step, s)),
+        check_actions(run, policy),
     ]
     return results
 

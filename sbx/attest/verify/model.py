@@ -38,6 +38,7 @@ class Check(StrEnum):
     DENIED_FLOWS = "isolation.denied-flows"
     EGRESS_MODE = "isolation.egress-mode"
     DESTINATIONS = "isolation.destinations"
+    ACTIONS = "isolation.actions"
 
 
 class Status(StrEnum):

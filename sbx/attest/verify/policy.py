@@ -52,6 +52,8 @@ class IsolationPolicy(_Model):
         0, ge=0, description="denied egress attempts allowed per step")
     allow_audit_mode: StrictBool = Field(
         False, description="accept steps whose egress policy was in audit mode")
+    max_denied_requests: StrictInt = Field(
+        0, ge=0, description="HTTP requests denied by action-level checks allowed per step")
 
 
 class ReleasePolicy(_Model):
@@ -67,6 +69,17 @@ class ReleasePolicy(_Model):
         default_factory=dict,
         description="per step (or '*' for every step): host:port patterns the step may "
         "have reached; a step not listed (and no '*') is not limited")
+
+    inspected_hosts: dict[str, tuple[str, ...]] = Field(
+        default_factory=dict,
+        description="per step (or '*' for every step): hosts whose TLS the step's signed "
+        "policy must inspect (an action-level rule covers them)")
+
+    def inspected_hosts_for(self, step: str) -> tuple[str, ...]:
+        """Hosts the step's policy must inspect (those of the step, else of '*')."""
+        if step in self.inspected_hosts:
+            return self.inspected_hosts[step]
+        return self.inspected_hosts.get("*", ())
 
     def destinations_for(self, step: str) -> tuple[str, ...] | None:
         """The allowed destination patterns of a step, or None when it is not limited."""

@@ -120,7 +120,8 @@ def isolation_of(facts: SandboxFacts, *, policy: Mapping[str, Any],
                  probes: tuple[ProbeResult, ...] | list[ProbeResult], flows: Mapping[str, int],
                  reached: tuple[str, ...], events: tuple[str, int],
                  peer_probes: list[ProbeResult] | None = None,
-                 recording: Mapping[str, int] | None = None) -> Isolation:
+                 recording: Mapping[str, int] | None = None,
+                 actions: Mapping[str, Any] | None = None) -> Isolation:
     """The sandbox facts as the isolation predicate states them."""
     return Isolation(
         network_id=facts.network_id, network_name=facts.network_name, subnet=facts.subnet,
@@ -133,7 +134,7 @@ def isolation_of(facts: SandboxFacts, *, policy: Mapping[str, Any],
         probes=tuple(_probe(p) for p in probes),
         peer_probes=tuple(_probe(p) for p in peer_probes or []),
         flows=dict(flows), destinations=reached, events_sha256=events[0],
-        events_count=events[1], recording=recording)
+        events_count=events[1], recording=recording, actions=actions)
 
 
 @dataclass(frozen=True)

@@ -364,14 +364,21 @@ class Executor:
                         if st.step_started else dict.fromkeys(FLOW_VERDICTS, 0))
         rec["recording"] = sandbox.recorder_counts().summary(
             sum(rec["flows"].values()), self.events.itemized(st.name))
+        requests = self.events.requests(st.name) if st.step_started else None
+        if requests is not None:
+            rec["requests"] = requests
         rec["ended"] = utcnow()
         if rec["status"] == "succeeded":
             denied = rec["flows"].get("denied", 0)
+            refused = requests["deniedCount"] if requests else 0
             if rec["faults"]:
                 rec.update(status="failed", reason="; ".join(rec["faults"]))
             elif denied and st.config.policy.mode == "enforce":
                 rec.update(status="failed",
                            reason=f"{denied} egress attempt(s) denied (enforce mode)")
+            elif refused and st.config.policy.mode == "enforce":
+                rec.update(status="failed",
+                           reason=f"{refused} HTTP request(s) denied (enforce mode)")
         if sandbox.recorder_fault is not None and rec["status"] != "interrupted":
             # Whatever else went wrong after it, the run's record has a gap: say so first.
             rec.update(status="failed", reason=self.masker.text(sandbox.recorder_fault))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sbx.errors import is_disk_failure
+from sbx.pipelines.run.requests import RequestTally
 
 EventListener = Callable[[dict[str, Any]], None]
 FLOW_VERDICTS = ("allowed", "audit", "denied", "failed")
@@ -79,6 +80,7 @@ class _Tally:
     unwritten: int = 0  # decision and flow lines not written (over the limit)
     destinations: set[str] = field(default_factory=set)
     more_destinations: int = 0
+    requests: RequestTally = field(default_factory=RequestTally)
 
 
 @dataclass
@@ -155,6 +157,11 @@ class EventLog:
                     sort_keys=True, separators=(",", ":")))
         if write:
             lines.insert(0, json.dumps(event, sort_keys=True, separators=(",", ":")))
+        if event.get("kind") == "gateway" and isinstance(event.get("ca_fingerprint"), str):
+            tally.requests.ca_fingerprint = event["ca_fingerprint"]
+        if (event.get("kind") == "http" and tally.since is not None
+                and _at_or_after(event, tally.since)):
+            tally.requests.add(event)
         if decision and tally.since is not None and _at_or_after(event, tally.since):
             verdict = str(event.get("verdict"))
             tally.flows[verdict] += 1
@@ -217,6 +224,12 @@ class EventLog:
         with self._lock:
             tally = self._tallies.get(step) or _Tally()
             return sum(tally.itemized.values())
+
+    def requests(self, step: str) -> dict[str, Any] | None:
+        """The step's checked HTTP requests (see `RequestTally.summary`)."""
+        with self._lock:
+            tally = self._tallies.get(step) or _Tally()
+            return tally.requests.summary()
 
     def destinations(self, step: str) -> tuple[str, ...]:
         """host:port of every connection the gateway let the step make (first 1000)."""

@@ -55,7 +55,7 @@ from sbx.pipelines.run.step_job import (
 )
 from sbx.pipelines.spec.loader import LoadedDoc, load_yaml
 from sbx.pipelines.spec.pipeline import Pipeline, PlannedStep, is_pipeline, validate_pipeline
-from sbx.pipelines.spec.step import StepSpec, spec_digest, validate_step
+from sbx.pipelines.spec.step import StepSpec, read_upstream_ca, spec_digest, validate_step
 from sbx.sandbox import engine, images, labels
 from sbx.sandbox.config import Limits, SandboxOptions, StepConfig
 from sbx.sandbox.engine import ENGINE_ERRORS, is_unreachable
@@ -155,7 +155,9 @@ def step_config(spec: StepSpec, spec_path: Path, workspace: Path,
         limits=Limits(cpus=res.cpus, memory=res.memory_bytes, pids=res.pids,
                       timeout=float(res.timeout), disk=res.disk_bytes),
         proxy_env=spec.egress.proxy_env, inputs=resolve_inputs(spec, spec_path, workspace),
-        outputs=tuple(spec.outputs))
+        outputs=tuple(spec.outputs),
+        upstream_ca=(read_upstream_ca(spec.egress.upstream_ca, spec_path)
+                     if spec.egress.upstream_ca else ""))
 
 
 class _Interrupted(KeyboardInterrupt):
@@ -429,7 +431,7 @@ def _evidence(st: StepState, out: Path, events: EventLog) -> StepEvidence:
             st.facts, policy=st.config.policy.to_dict(), probes=st.probes,
             peer_probes=list(st.peer_probes), flows=rec["flows"],
             reached=events.destinations(st.name), events=events.digest(st.name),
-            recording=ev.signed_recording(rec.get("recording")))
+            recording=ev.signed_recording(rec.get("recording")), actions=rec.get("requests"))
         if st.facts is not None else None)
 
 

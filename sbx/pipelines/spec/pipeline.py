@@ -29,6 +29,7 @@ from sbx.pipelines.spec.step import (
     OutputPath,
     StepSpec,
     _Model,
+    read_upstream_ca,
 )
 
 MAX_STEPS = 64
@@ -163,6 +164,9 @@ def validate_pipeline(loaded: LoadedDoc) -> Pipeline:
                       for i in range(len(step.egress.allow)))
         plain._source_file = file
         plain._allow_lines = lines
+        if plain.egress.upstream_ca is not None:
+            read_upstream_ca(plain.egress.upstream_ca, loaded.path, loaded.line_of(
+                ("steps", name, "egress", "upstream_ca")), f"steps.{name}.egress.upstream_ca")
         planned.append(PlannedStep(plain, needs[name],
                                    tuple(i for i in step.inputs if isinstance(i, InputFrom)),
                                    lines))

@@ -28,6 +28,7 @@ from pydantic import (
     field_validator,
 )
 
+from sbx.errors import SpecError
 from sbx.pipelines.spec.egress import AllowEntry, allow_rule
 from sbx.pipelines.spec.errors import _kind, to_spec_error
 from sbx.pipelines.spec.loader import LoadedDoc, load_yaml
@@ -225,6 +226,9 @@ class EgressSpec(_Model):
     mode: EgressMode = EgressMode.ENFORCE
     allow: tuple[AllowEntry, ...] = ()
     proxy_env: bool = Field(default=False, strict=True)
+    # A PEM file of CAs the gateway trusts for upstream TLS of inspected hosts, besides the
+    # system store (internal mirrors); relative to the step file.
+    upstream_ca: StrictStr | None = None
 
 
 class Resources(_Model):
@@ -317,10 +321,10 @@ class StepSpec(_Model):
         """
         file = self._source_file if source_file is None else source_file
         rules = []
-        for i, text in enumerate(self.egress.allow):
+        for i, entry in enumerate(self.egress.allow):
             line = self._allow_lines[i] if i < len(self._allow_lines) else None
             source = f"{file}:{line}" if file and line else file
-            rules.append(allow_rule(text, source))
+            rules.append(allow_rule(entry, source))
         return pol.Policy(mode=self.egress.mode.value, rules=tuple(rules))
 
 
@@ -338,7 +342,33 @@ def validate_step(loaded: LoadedDoc) -> StepSpec:
     spec._allow_lines = tuple(
         loaded.line_of(("egress", "allow", i)) for i in range(len(spec.egress.allow))
     )
+    if spec.egress.upstream_ca is not None:
+        read_upstream_ca(spec.egress.upstream_ca, loaded.path,
+                         loaded.line_of(("egress", "upstream_ca")))
     return spec
+
+
+def read_upstream_ca(value: str, step_file: Path, line: int | None = None,
+                     field: str = "egress.upstream_ca") -> str:
+    """The PEM text of `egress.upstream_ca` (relative to the step file); `SpecError` when it
+    cannot be read or holds no certificate."""
+    from cryptography import x509
+
+    path = (Path(step_file).parent / value) if not Path(value).is_absolute() else Path(value)
+    try:
+        data = path.read_bytes()[: 1 << 20]
+    except OSError as exc:
+        raise SpecError(str(step_file), field, f"cannot read {value!r} ({exc.strerror}); "
+                        "name a PEM file of CA certificates, relative to the step file",
+                        line) from None
+    try:
+        found = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        found = []
+    if not found:
+        raise SpecError(str(step_file), field, f"{value!r} holds no PEM certificate; give the "
+                        "CA certificates as PEM (-----BEGIN CERTIFICATE-----)", line)
+    return data.decode("ascii", "replace")
 
 
 def load_step(path: Path) -> StepSpec:

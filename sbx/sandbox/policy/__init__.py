@@ -21,27 +21,35 @@ so a verdict never depends on how a name was spelled.
 
 Modules: `names` (canonical host names, names never reachable), `addresses` (ranges never
 reached, address matching), `rules` (one allow entry: parse, refuse, match), `model`
-(`Policy`: mode, first-match rules, digest), `errors` (`PolicyError`).
+(`Policy`: mode, first-match rules, digest), `errors` (`PolicyError`), `actions` (HTTP
+methods and path patterns of action-level rules, request-path normalization).
 """
 
 from __future__ import annotations
 
+from .actions import METHODS, Actions, AmbiguousPath, PathPattern, normalize_path
 from .addresses import INTERNAL_NETWORKS, IPAddress, IPNetwork, in_networks, is_internal
 from .errors import PolicyError
 from .model import MODES, Policy
 from .names import normalize_name
-from .rules import Rule, parse_rule
+from .rules import Rule, parse_rule, with_actions
 
 __all__ = [
     "INTERNAL_NETWORKS",
+    "METHODS",
     "MODES",
+    "Actions",
+    "AmbiguousPath",
     "IPAddress",
     "IPNetwork",
+    "PathPattern",
     "Policy",
     "PolicyError",
     "Rule",
     "in_networks",
     "is_internal",
     "normalize_name",
+    "normalize_path",
     "parse_rule",
+    "with_actions",
 ]

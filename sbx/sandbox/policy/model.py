@@ -40,6 +40,30 @@ class Policy:
         """The first IP/CIDR rule allowing `ip` on `port`, or None."""
         return next((r for r in self.rules if r.matches_ip(ip, port)), None)
 
+    def rules_for(self, host: str, port: int | None) -> tuple[Rule, ...]:
+        """Every rule allowing `host` (a name or an address) on `port`, in order."""
+        return tuple(r for r in self.rules if r.matches_name(host, port)
+                     or r.matches_ip(host, port))
+
+    def inspects(self, host: str, port: int | None) -> bool:
+        """True when an action-level rule covers `host` on `port`: its TLS is inspected."""
+        return any(r.actions is not None for r in self.rules_for(host, port))
+
+    def request_rule(self, host: str, port: int | None, method: str,
+                     path: str | None) -> Rule | None:
+        """The first rule allowing `method` on the normalized `path` of `host`:`port`.
+
+        A host-level rule (or one without paths) allows any path; `path` None (an
+        ambiguous path) is allowed only by such a rule, never matched by a pattern.
+        """
+        for rule in self.rules_for(host, port):
+            actions = rule.actions
+            if actions is None or (actions.paths is None and actions.allows(method, "/")):
+                return rule
+            if path is not None and actions.allows(method, path):
+                return rule
+        return None
+
     def allows_dns(self, name: str) -> Rule | None:
         """The first host/suffix rule allowing `name` on any port, or None (then NXDOMAIN)."""
         return self.match_name(name, None)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from .actions import Actions, make_actions
 from .addresses import IPNetwork, _check_network, _in, _parse_address, _unwrap, is_forbidden
 from .errors import PolicyError
 from .names import _forbidden_name, _looks_numeric, normalize_name
@@ -27,12 +28,11 @@ class Rule:
     host resolves to at that moment; without it a name rule needs the name in the
     connection's TLS SNI, HTTP Host or CONNECT line.
 
-    Extension point: action-level rules (HTTP method and path, enforced with TLS
-    inspection) will be added as further optional fields defaulting to None
-    (e.g. ``methods: tuple[str, ...] | None``, ``path_prefix: str | None``).
-    `to_dict` omits None fields, so existing policies keep their digest, and
-    `from_dict` refuses keys it does not know, so an older gateway fails closed
-    on a policy whose restrictions it could not enforce instead of ignoring them.
+    `actions` (None: host-level) makes the rule action-level: HTTP methods and paths,
+    checked request by request, with TLS inspection. `to_dict` omits default fields, so
+    existing policies keep their digest, and `from_dict` refuses keys it does not know, so
+    an older gateway fails closed on a policy whose restrictions it could not enforce
+    instead of ignoring them.
     """
 
     text: str
@@ -42,6 +42,13 @@ class Rule:
     network: IPNetwork | None = None
     port: int | None = None
     nameless: bool = False
+    # Action-level rule (methods, paths, TLS inspection): see `actions`. None: host-level.
+    actions: Actions | None = None
+
+    @property
+    def label(self) -> str:
+        """The rule as events name it: its text, plus its methods and paths when it has them."""
+        return self.text if self.actions is None else f"{self.text} {self.actions.describe()}"
 
     def __post_init__(self) -> None:
         kinds = sum(x is not None for x in (self.host, self.suffix, self.network))
@@ -56,6 +63,11 @@ class Rule:
             raise PolicyError(
                 f"allow entry {self.text!r} is nameless, which needs one host name and a port "
                 "(an IP rule already allows by address); write host:port with nameless: true"
+            )
+        if self.nameless and self.actions is not None:
+            raise PolicyError(
+                f"allow entry {self.text!r} is nameless and has methods/paths/inspect: a "
+                "connection that names nothing cannot be checked request by request; drop one"
             )
 
     def _port_ok(self, port: int | None) -> bool:
@@ -97,6 +109,12 @@ class Rule:
             out["port"] = self.port
         if self.nameless:
             out["nameless"] = True
+        if self.actions is not None:
+            out["inspect"] = True
+            if self.actions.methods is not None:
+                out["methods"] = list(self.actions.methods)
+            if self.actions.paths is not None:
+                out["paths"] = [p.text for p in self.actions.paths]
         return out
 
     @classmethod
@@ -106,7 +124,8 @@ class Rule:
         Re-parsing means the gateway re-validates every rule it receives rather
         than trusting the host side.
         """
-        known = {"text", "source", "host", "suffix", "network", "port", "nameless"}
+        known = {"text", "source", "host", "suffix", "network", "port", "nameless", "methods",
+                 "paths", "inspect"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise PolicyError(
@@ -121,6 +140,8 @@ class Rule:
         if not isinstance(nameless, bool):
             raise PolicyError("rule 'nameless' must be true or false; regenerate the policy")
         rule = parse_rule(text, source, nameless=nameless)
+        if data.get("inspect") is True:
+            rule = with_actions(rule, data.get("methods"), data.get("paths"))
         if rule.to_dict() != dict(data):
             raise PolicyError(
                 f"rule {text!r} does not match its stored fields; regenerate the policy with sbx"
@@ -291,3 +312,9 @@ def _parse_rule(text: str, source: str) -> Rule:
     return Rule(text=text, source=source, host=name, port=port)
 
 
+
+
+def with_actions(rule: Rule, methods: object = None, paths: object = None) -> Rule:
+    """`rule` made action-level: each HTTP request is checked against `methods` and `paths`
+    (None: any), and TLS to it is inspected. `PolicyError` for a bad method or pattern."""
+    return replace(rule, actions=make_actions(methods, paths))

@@ -23,6 +23,7 @@ from sbx.sandbox.runtime.counters import udp_drops
 from sbx.sandbox.runtime.dns_server import Resolver, make_servers
 from sbx.sandbox.runtime.events import emit, log
 from sbx.sandbox.runtime.gate import Decision, Gate, Network
+from sbx.sandbox.runtime.http.tunnel import Inspection
 from sbx.sandbox.runtime.proxy import Proxy, ProxyHandler, emit_close
 
 __all__ = ["Decision", "Gate", "Network", "main"]
@@ -56,6 +57,9 @@ def main() -> None:
     proxy_class = limits.bounded(Proxy, limits.PROXY_FLOWS, step, "gateway", "proxy")
     proxy = proxy_class((listen, int(config.get("proxy_port", 3128))), ProxyHandler)
     proxy.gate = gate
+    # The run CA exists only here, in this process's memory (None: nothing is inspected).
+    proxy.inspection = Inspection.for_policy(gate.step, policy, str(config.get("upstream_ca", "")))
+    ca = proxy.inspection.ca if proxy.inspection is not None else None
     proxy.flows = {}
     proxy.flows_lock = threading.Lock()
     resolver = Resolver(gate)
@@ -85,7 +89,8 @@ def main() -> None:
     for server in servers:
         server.start_thread()
     emit("gateway", step=step, phase="ready", listen_ip=listen,
-         refused=[str(n) for n in refused], policy_digest=policy.digest())
+         refused=[str(n) for n in refused], policy_digest=policy.digest(),
+         ca_cert=ca.pem() if ca else None, ca_fingerprint=ca.fingerprint() if ca else None)
     heartbeat.start("gateway", step, drops, stop=beating)
     log(f"sbx gateway for step {step} listening on {listen}")
     proxy.serve_forever()

@@ -1,10 +1,11 @@
-"""HTTP/1 request heads from a sandbox: one strict reading, and requests rebuilt from it.
+"""HTTP/1 request heads from a sandbox: one strict reading of the head that decides.
 
 Sans-IO: bytes in, a `RequestHead` or a `HeadError` out. h11 parses; before it,
 this module refuses what h11 tolerates but an upstream server may read
-differently (bare LF line ends, control characters, several Host headers), so
+differently (bare LF line ends, control characters, obs-fold, several Host headers), so
 the Host the gateway judges is the only Host the upstream can see. Requests the
-explicit proxy forwards are rebuilt from the parsed parts, never copied.
+explicit proxy forwards are read again and rebuilt by the request checker
+(sbx.sandbox.runtime.http.exchange), never copied.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def head_end(data: bytes) -> int | None:
     index = data.find(_END)
     scan = data[:index] if index >= 0 else data[:MAX_HEAD]
     if _BARE.search(scan):
-        raise HeadError("bare CR or LF line end in the request head")
+        raise HeadError("bare LF or CR line end in the request head")
     if index >= 0 and index + len(_END) <= MAX_HEAD:
         return index + len(_END)
     if len(data) >= MAX_HEAD:
@@ -78,15 +79,25 @@ def looks_like_http(data: bytes) -> bool:
     return bool(_METHOD_PREFIX.match(data[:21]))
 
 
+def check_lines(lines: bytes) -> None:
+    """Refuse what no server may read two ways in head lines (CRLF-separated, the blank
+    line excluded; a head still arriving is fine): bare CR or LF, control characters,
+    obs-fold. The one set of checks for the head that decides a destination and for
+    every request the checker (`sbx.sandbox.runtime.http`) reads after it."""
+    joined = lines.replace(b"\r\n", b"")
+    if b"\n" in joined or b"\r" in joined:
+        raise HeadError("bare LF or CR line end in the request head")
+    if _CONTROL.search(joined):
+        raise HeadError("control character in the request head")
+    if any(line[:1] in (b" ", b"\t") for line in lines.split(b"\r\n")[1:]):
+        raise HeadError("obs-fold (a header line continued on the next line)")
+
+
 def parse(head: bytes) -> RequestHead:
     """Parse one complete head (ending in its blank line); `HeadError` when refused."""
     if not head.endswith(_END) or head.find(_END) != len(head) - len(_END):
         raise HeadError("not exactly one request head")
-    lines = head[: -len(_END)]
-    if b"\n" in lines.replace(b"\r\n", b"") or b"\r" in lines.replace(b"\r\n", b""):
-        raise HeadError("bare CR or LF line end in the request head")
-    if _CONTROL.search(lines.replace(b"\r\n", b"")):
-        raise HeadError("control character in the request head")
+    check_lines(head[: -len(_END)])
     head = _with_host(head)
     conn = h11.Connection(h11.SERVER)
     conn.receive_data(head)
@@ -148,14 +159,3 @@ def host_name(value: str) -> str:
 def _port_ok(text: str) -> bool:
     return text.startswith(":") and text[1:].isdigit() and 1 <= int(text[1:]) <= 65535
 
-
-def rebuild(head: RequestHead, target: str, drop: tuple[str, ...] = ()) -> bytes:
-    """The request head to send upstream: origin-form `target`, h11's version, parsed headers.
-
-    Headers whose names (lower-cased) start with a prefix in `drop` are left out. Nothing is
-    copied from the client's bytes: a version field or line end the client
-    spelled oddly never reaches the upstream.
-    """
-    lines = [f"{head.method} {target} HTTP/{head.version}"]
-    lines += [f"{k}: {v}" for k, v in head.headers if not k.lower().startswith(drop)]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")

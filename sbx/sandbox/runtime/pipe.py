@@ -116,6 +116,14 @@ def relay(client: socket.socket, upstream: socket.socket, counts: list[int] | No
     reports its bytes; "out" is client to upstream, the way exfiltration goes.
     """
     counts = counts if counts is not None else [0, 0]
+    for sock in (client, upstream):
+        # Bytes are relayed as they come: coalescing gains nothing, and with Nagle a
+        # second small write (a TLS flight after a ticket, a response after its head)
+        # waits for the far side's delayed ACK, 40 ms.
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
     t = threading.Thread(target=pump, args=(upstream, client, counts, 1), daemon=True)
     t.start()
     pump(client, upstream, counts, 0)

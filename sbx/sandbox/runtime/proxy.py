@@ -20,6 +20,7 @@ from typing import Any
 from sbx.sandbox.runtime import http_head, limits, pipe, sniff
 from sbx.sandbox.runtime.events import emit
 from sbx.sandbox.runtime.gate import Decision, Gate, is_ip, rule_fields
+from sbx.sandbox.runtime.http import tunnel
 
 DENIED = "denied by policy"
 
@@ -39,6 +40,7 @@ class Proxy(socketserver.ThreadingTCPServer):
     # probes' two dozen at once) overflowed it, and dropped SYNs wait a second to retry.
     request_queue_size = 512
     gate: Gate
+    inspection: tunnel.Inspection | None = None
     flows: dict[int, _Flow]
     flows_lock: threading.Lock
 
@@ -133,7 +135,8 @@ class ProxyHandler(socketserver.BaseRequestHandler):
                 host, port = _split_host_port(head.target, 443)
                 forward = rest
             elif head.target.lower().startswith("http://"):
-                host, port, forward = _absolute(head, rest)
+                host, port = _absolute(head)
+                forward = b""  # the request checker reads and rebuilds it from `raw + rest`
             else:
                 raise ValueError("not a proxy request: use CONNECT or an absolute http:// URL")
         except (ValueError, http_head.HeadError) as exc:
@@ -153,7 +156,7 @@ class ProxyHandler(socketserver.BaseRequestHandler):
         with self.server.flows_lock:
             self.server.flows[id(flow)] = flow  # recorded even if the gateway stops now
         try:
-            self._judge_and_relay(sock, flow, head, host, port, forward, relayed)
+            self._judge_and_relay(sock, flow, head, host, port, forward, relayed, raw + rest)
         except OSError:
             pass  # the client or upstream went away: the record below still says so
         finally:
@@ -181,7 +184,11 @@ class ProxyHandler(socketserver.BaseRequestHandler):
         return False
 
     def _judge_and_relay(self, sock: socket.socket, flow: _Flow, head: http_head.RequestHead,
-                         host: str, port: int, forward: bytes, relayed: bool) -> None:
+                         host: str, port: int, forward: bytes, relayed: bool,
+                         original: bytes) -> None:
+        """Decide, connect, then hand the connection to the request checker; `original` is
+        what the client sent of an explicit-proxy request, as it sent it (the checker reads
+        and rebuilds every request on the connection, the first one included)."""
         gate = self.server.gate
         connect = head.method.upper() == "CONNECT"
         answered = False  # whether the client already got its 200
@@ -238,13 +245,17 @@ class ProxyHandler(socketserver.BaseRequestHandler):
                 return  # the gateway is stopping and recorded it
             emit("tcp", phase="open", **flow.fields)
             flow.opened = True
+        # Every request on the connection is checked from here on (sbx.sandbox.runtime.http),
+        # against the name the connection was allowed for (an SNI or Host one for CONNECT <ip>).
+        checked = tunnel.Flow(gate.step, gate.policy, decision.name or host.strip("[]"), port,
+                              flow.fields, flow.counts, self.server.inspection)
         try:
-            if connect and not answered:
-                sock.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            if forward:
-                upstream.sendall(forward)
-                flow.counts[0] += len(forward)
-            pipe.relay(sock, upstream, flow.counts)
+            if connect:
+                if not answered:
+                    sock.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                tunnel.serve_connect(sock, upstream, checked, early=forward)
+            else:
+                tunnel.serve_proxy(sock, upstream, checked, first=original)
         except OSError:
             pass
 
@@ -255,11 +266,11 @@ def _name_from(reading: sniff.Reading) -> str | None:
     return "sni" if reading.protocol == "tls" else "host"
 
 
-def _absolute(head: http_head.RequestHead, rest: bytes) -> tuple[str, int, bytes]:
-    """Host, port and the rebuilt origin-form request of an absolute http:// request."""
+def _absolute(head: http_head.RequestHead) -> tuple[str, int]:
+    """Host and port of an absolute http:// request (which the request checker forwards)."""
     url = head.target[7:]
     cut = min((i for i in (url.find(c) for c in "/?#") if i >= 0), default=len(url))
-    authority, path = url[:cut], url[cut:].split("#", 1)[0]
+    authority = url[:cut]
     host, port = _split_host_port(authority, 80)
     if "@" in authority:
         raise ValueError("user info in the URL")
@@ -269,9 +280,7 @@ def _absolute(head: http_head.RequestHead, rest: bytes) -> tuple[str, int, bytes
         named_host, named_port = _split_host_port(named, port)  # no port in Host: the URL's
         if named_host.lower() != host.lower() or named_port != port:
             raise ValueError("Host header differs from the URL authority")
-    if not path.startswith("/"):
-        path = "/" + path
-    return host, port, http_head.rebuild(head, path, drop=("proxy-", "x-sbx-")) + rest
+    return host, port
 
 
 def _connect(addresses: tuple[str, ...], port: int) -> tuple[socket.socket | None, str]:

@@ -61,6 +61,11 @@ def _http(data: bytes) -> Reading | None:
         if end is None:
             return None
         head = http_head.parse(data[:end])
+        if head.version not in ("1.0", "1.1"):
+            # h11 reads "PRI * HTTP/2.0" as a head; the request checker would refuse it too.
+            what = "HTTP/2 prior knowledge" if head.method == "PRI" else "HTTP version"
+            return Reading("http", problem=f"{what} {head.version} refused: only HTTP/1.x is "
+                           "read", head=head)
         host = head.host
         if host is None:
             return Reading("http", problem="HTTP request without a Host header", head=head)

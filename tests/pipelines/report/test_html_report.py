@@ -447,3 +447,22 @@ def test_screenshot_shows_the_graph(run_dir: Path, tmp_path: Path) -> None:
     assert counts[SUCCEEDED_FILL] > 2 * 15_000, counts
     assert counts[FAILED_FILL] > 15_000, counts
     assert counts[SKIPPED_FILL] > 15_000, counts
+
+
+def test_checked_requests_are_listed_per_step_with_their_rule(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    with (run / "events.jsonl").open("a") as fh:
+        for verdict, method, path in (("allowed", "GET", "/simple/requests/"),
+                                      ("denied", "POST", f"/upload{SCRIPT}")):
+            fh.write(json.dumps(event(71, "build", "http", host="pypi.mirror.test",
+                                      dst_port=443, method=method, path=path,
+                                      verdict=verdict, status=200 if verdict == "allowed"
+                                      else 403, inspected=True,
+                                      rule="pypi.mirror.test:443 GET /simple/**"
+                                      if verdict == "allowed" else None,
+                                      rule_source="step.yaml:7", reason=SCRIPT)) + "\n")
+    page = render_html(run, None)
+    assert "HTTP requests (2)" in page
+    assert "<code>/simple/requests/</code>" in page
+    assert "pypi.mirror.test:443 GET /simple/**" in page
+    assert "<script" not in page.lower()

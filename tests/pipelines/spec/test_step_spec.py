@@ -150,6 +150,15 @@ def test_policy_lines_for_flow_sequences(tmp_path: Path) -> None:
     assert [r.source for r in load_step(path).policy().rules] == [f"{path}:5", f"{path}:5"]
 
 
+def test_a_mapping_entry_is_nameless_or_action_level(tmp_path: Path) -> None:
+    path = _write(tmp_path, MINIMAL + "egress:\n  allow:\n"
+                  "    - {host: git.example.com, port: 22, nameless: true}\n"
+                  "    - {host: pypi.org, port: 443, methods: [GET], paths: ['/simple/**']}\n")
+    ssh, pypi = load_step(path).policy().rules
+    assert ssh.nameless and ssh.actions is None and ssh.source == f"{path}:6"
+    assert not pypi.nameless and pypi.actions is not None and pypi.actions.methods == ("GET",)
+
+
 def test_policy_without_a_file() -> None:
     spec = StepSpec.model_validate(
         {"name": "x", "image": "i", "run": "true", "egress": {"allow": ["a.example.com"]}}
@@ -232,6 +241,10 @@ def test_json_schema() -> None:
         ("egress: {colour: x}\n", "egress.colour", "known fields: mode, allow, proxy_env"),
         ("egress: {network: host}\n", "egress.network", "own isolated network"),
         ("egress: open\n", "egress", "mapping"),
+        ("egress: {allow: [{host: git.example.com, port: 22, nameless: true, methods: [GET]}]}\n",
+         "egress.allow[0]", "nameless cannot go with methods, paths or inspect"),
+        ("egress: {allow: [{host: git.example.com, port: 22, nameless: true, inspect: false}]}\n",
+         "egress.allow[0]", "nameless cannot go with methods, paths or inspect"),
     ],
 )
 def test_field_refusals(tmp_path: Path, extra: str, field: str, reason: str) -> None:

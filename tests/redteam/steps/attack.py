@@ -85,6 +85,9 @@ def tcp(a: dict[str, Any]) -> Result:
         return {"reached": True, "detail": f"refused by the far side: {exc}", **mine}
     except OSError as exc:
         return {"reached": False, "detail": _err(exc), **mine}
+    if b"\r\nx-sbx-reason:" in data.split(b"\r\n\r\n", 1)[0].lower():
+        # The gateway's own refusal of a request it read (issue 15), not the far side.
+        return {"reached": False, "detail": f"refused by the gateway: {data[:120]!r}", **mine}
     return {"reached": bool(data), "detail": repr(data[:120]),
             "body": data.decode("latin-1")[:2000], "connected": str(info[4][0]), **mine}
 

@@ -460,7 +460,7 @@ def proxy(
 ) -> tuple[bytes, bytes, list[BaseException]]:
     """Run one proxy connection; returns (what the client got, what upstream got, errors)."""
     client, served = socket.socketpair()
-    server = SimpleNamespace(gate=gate, flows={}, flows_lock=threading.Lock())
+    server = SimpleNamespace(gate=gate, flows={}, flows_lock=threading.Lock(), inspection=None)
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -571,7 +571,7 @@ def test_a_relayed_internal_address_is_refused_before_any_byte(
     """The probes' peer check: the record must come at once, the client sends nothing."""
     client, served = socket.socketpair()
     server = SimpleNamespace(gate=make_gate("example.com:80"), flows={},
-                             flows_lock=threading.Lock())
+                             flows_lock=threading.Lock(), inspection=None)
     client.sendall(relayed("10.9.9.9:80", b""))  # and nothing more, connection kept open
     thread = threading.Thread(target=ProxyHandler, args=(served, ("172.30.0.3", 40000), server),
                               daemon=True)
@@ -622,6 +622,43 @@ def test_an_absolute_request_is_rebuilt_not_copied(
                           b"GET http://example.com/a HTTP/1.1\r\nHost:  example.com \r\n"
                           b"X-A:\tb\r\n\r\n", upstream)
     assert sent_up == b"GET /a HTTP/1.1\r\nHost: example.com\r\nX-A: b\r\n\r\n"
+
+
+@pytest.mark.parametrize("second", [
+    b"GET http://evil.test/b HTTP/1.1\r\nHost: evil.test\r\n\r\n",
+    b"GET http://example.com/b HTTP/1.1\r\nHost: example.com\r\nX: a\r\n b\r\n\r\n",
+    b"GET http://example.com/b HTTP/1.1\r\nHost: example.com\r\nX: \x01\r\n\r\n",
+], ids=["other-host", "obs-fold", "control-char"])
+def test_every_request_on_an_explicit_proxy_connection_is_checked(
+    make_gate: GateFactory, upstream: Upstream, capsys: pytest.CaptureFixture[str],
+    second: bytes,
+) -> None:
+    """The first request picks the destination; one pipelined behind it is read by the
+    request checker with the same strictness, and never reaches upstream when refused."""
+    client, served = socket.socketpair()
+    server = SimpleNamespace(gate=make_gate("example.com:80"), flows={},
+                             flows_lock=threading.Lock(), inspection=None)
+    thread = threading.Thread(target=ProxyHandler, args=(served, ("172.30.0.3", 40000), server),
+                              daemon=True)
+    thread.start()
+    client.sendall(b"GET http://example.com/a HTTP/1.1\r\nHost: example.com\r\n\r\n" + second)
+    while not upstream.far and thread.is_alive():
+        thread.join(0.05)
+    far = upstream.far[0]
+    far.settimeout(5)
+    sent_up = b""
+    while b"\r\n\r\n" not in sent_up:
+        sent_up += far.recv(65536)
+    far.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    sent_up += _read_all(far)  # the gateway closes upstream after its 403
+    got = _read_all(client)
+    thread.join(5)
+    client.close()
+    assert sent_up == b"GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n"
+    assert got.startswith(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert b"HTTP/1.1 403 " in got or b"HTTP/1.1 400 " in got
+    http = [e for e in events(capsys.readouterr().out) if e["kind"] == "http"]
+    assert [e["verdict"] for e in http] == ["allowed", "denied"]
 
 
 def test_denied_connect_answers_403_and_never_connects(
@@ -773,7 +810,7 @@ def test_a_silent_client_is_denied_in_enforce_and_let_through_by_address_in_audi
     monkeypatch.setattr(limits, "FIRST_BYTES_WAIT_AUDIT", 0.3)
     gate = make_gate("example.com:443", mode=mode)
     client, served = socket.socketpair()
-    server = SimpleNamespace(gate=gate, flows={}, flows_lock=threading.Lock())
+    server = SimpleNamespace(gate=gate, flows={}, flows_lock=threading.Lock(), inspection=None)
     client.sendall(relayed(f"{PUBLIC}:443", b""))
     thread = threading.Thread(target=ProxyHandler, args=(served, ("172.30.0.3", 40000), server),
                               daemon=True)

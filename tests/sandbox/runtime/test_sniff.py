@@ -189,13 +189,21 @@ def test_http_host_is_the_host_header_without_port(request_head: bytes, expected
         b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n",
         b"GET / HTTP/1.1\r\nHost: user@evil.example\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: allowed.example\r\nX: a\r\n b\r\n\r\n",
+        b"GET / HTTP/2.0\r\nHost: allowed.example\r\n\r\n",
     ],
     ids=["duplicate-host", "bare-lf", "one-bare-lf", "control-char", "bare-cr", "no-host",
-         "empty-host", "unclosed-bracket", "userinfo"],
+         "empty-host", "unclosed-bracket", "userinfo", "obs-fold", "http-2"],
 )
 def test_http_without_one_clear_host_names_nothing(head: bytes) -> None:
     reading = read(head)
     assert reading is not None and reading.name is None and reading.problem
+
+
+def test_http2_prior_knowledge_is_named_as_such() -> None:
+    reading = read(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert reading is not None and reading.name is None
+    assert reading.problem is not None and "HTTP/2 prior knowledge" in reading.problem
 
 
 def test_incomplete_http_head_asks_for_more_until_the_blank_line() -> None:

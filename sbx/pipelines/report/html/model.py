@@ -81,6 +81,7 @@ class _Step:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     probing: list[dict[str, Any]] = field(default_factory=list)
     other: list[dict[str, Any]] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)  # checked HTTP requests
 
     @property
     def anchor(self) -> str:
@@ -227,7 +228,9 @@ def _load(run_dir: Path) -> _Run:
         if step is None:
             unattributed.append(event)
             continue
-        if is_decision(event):
+        if event.get("kind") == "http":
+            step.requests.append(event)
+        elif is_decision(event):
             # Decisions before the step's own start are the probes' (docs/records.md).
             started = _time(step.data.get("step_started"))
             when = _time(event.get("time"))

@@ -196,6 +196,26 @@ def _decision_table(events: list[dict[str, Any]], empty: str) -> str:
                    "via"], rows, empty, classes)
 
 
+def _request_table(events: list[dict[str, Any]]) -> str:
+    """Each checked HTTP request: what it asked, the verdict and the rule that decided."""
+    rows, classes = [], []
+    for e in events:
+        verdict = _s(e.get("verdict"))
+        port = e.get("dst_port")
+        where = f"{_s(e.get('host'))}{':' + str(port) if isinstance(port, int) else ''}"
+        rows.append([
+            f'<span title="{_e(e.get("time"))}">{_e(_short_time(e.get("time")))}</span>',
+            _e(e.get("method")), _e(where), _code(_clip(_s(e.get("path")), 200)),
+            f"<b>{_e(verdict)}</b>", _e(e.get("status")),
+            _e(_size(e.get("bytes_in"))), "inspected" if e.get("inspected") is True else "",
+            _code(e.get("rule")), _code(e.get("rule_source")), _e(e.get("reason")),
+        ])
+        classes.append({"allowed": "ok", "denied": "bad", "audit": "warn",
+                        "failed": "dim"}.get(verdict, ""))
+    return _table(["time", "method", "host", "path", "verdict", "status", "received", "tls",
+                   "rule", "rule source", "reason"], rows, "no checked HTTP requests", classes)
+
+
 def _other_events(events: list[dict[str, Any]]) -> str:
     rows = []
     for e in events:
@@ -264,6 +284,7 @@ def _step_section(step: _Step, run: _Run) -> str:
                                  for k, v in containers.items())),
         ("flows", _e(" · ".join(f"{k} {v}" for k, v in flows.items()))),
         ("recorded", _e(_recorded(_d(d.get("recording"))))),
+        ("run CA", _code(_d(d.get("requests")).get("caFingerprint"))),
         ("faults", "<br>".join(_e(f) for f in faults)),
     ]
     inputs = [[_code(_d(i).get("path")), _e(_d(i).get("from")), _code(_d(i).get("sha256"))]
@@ -280,6 +301,7 @@ def _step_section(step: _Step, run: _Run) -> str:
         f"{_badge(step.status)}</h3>{_facts(pairs)}"
         f"<h4>Flow decisions {_e(after)}</h4>"
         f"{_decision_table(step.decisions, 'no flow decisions' + no_events)}"
+        f"<h4>HTTP requests ({len(step.requests)})</h4>{_request_table(step.requests)}"
         f"<h4>Probes</h4>{_probe_table(_l(d.get('probes')), 'no probes recorded')}"
         f"<h4>Peer probes</h4>{_probe_table(_l(d.get('peer_probes')), 'no peer probes')}"
         f"<h4>Inputs</h4>{_table(['path', 'from', 'sha256'], inputs, 'no inputs')}"

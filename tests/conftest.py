@@ -136,7 +136,8 @@ class Internet:
 
 
 def _cert(name: str, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
-          ) -> tuple[bytes, bytes]:
+          also: tuple[str, ...] = ()) -> tuple[bytes, bytes]:
+    """A leaf for `name` (and every name in `also`) signed by `ca`: PEM cert and key."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder()
@@ -145,7 +146,8 @@ def _cert(name: str, ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate,
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(hours=1))
             .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(n) for n in dict.fromkeys((name, *also))]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     return (cert.public_bytes(serialization.Encoding.PEM),
             key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

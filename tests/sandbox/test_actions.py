@@ -9,7 +9,6 @@ it gets, so "denied" means it never arrived there.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import io
 import json
@@ -25,10 +24,7 @@ from typing import Any
 import docker
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from sbx.attest.signing.local import KeyPair, load_public_key
 from sbx.attest.verify.model import Check, Status
@@ -38,44 +34,13 @@ from sbx.attest.verify.verifier import verify_run
 from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run.runner import RunOptions, run_file
 from sbx.sandbox.archive import pack_files
-from tests.conftest import TEST_LABEL, Internet, _console
+from tests.conftest import TEST_LABEL, Internet, _ca, _cert, _console
 
 pytestmark = pytest.mark.docker
 
 NAMES = ("pkg.sbx.test", "plain.sbx.test", "evil.sbx.test")
 SERVER = Path(__file__).parent / "servers" / "actions_host.py"
 CLIENT = Path(__file__).parent / "steps" / "actions_client.py"
-
-
-def _ca() -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sbx actions test CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    return key, cert
-
-
-def _leaf(ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NAMES[0])]))
-            .issuer_name(ca.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            # Every name on one certificate: fronting would work against this host.
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in NAMES]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return (cert.public_bytes(serialization.Encoding.PEM),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()))
 
 
 def _wheel() -> tuple[str, bytes]:
@@ -134,7 +99,8 @@ def actions_run(internet: Internet, docker_client: docker.DockerClient,
     api = docker_client.api
     tmp = tmp_path_factory.mktemp("actions")
     ca_key, ca = _ca()
-    cert, key = _leaf(ca_key, ca)
+    # Every name on one certificate: fronting would work against this host.
+    cert, key = _cert(NAMES[0], ca_key, ca, NAMES)
     tag = secrets.token_hex(4)
     cid = api.create_container(
         "sbx-step:bookworm", command=["python3", "/srv/actions_host.py"],

@@ -21,6 +21,21 @@ HARD: Final = "storage-opt"
 MEASURED: Final = "measured"
 
 
+# Engines (by API address) that refused the size option in this process: a pipeline asks
+# each engine once, not once per step (each refusal is a failed create, ~50 ms).
+_REFUSED_BY: set[str] = set()
+
+
+def refused_before(engine: str) -> bool:
+    """Whether `engine` already refused ``--storage-opt`` in this process."""
+    return engine in _REFUSED_BY
+
+
+def remember_refusal(engine: str) -> None:
+    """`engine` refused ``--storage-opt``: later steps go straight to the measured bound."""
+    _REFUSED_BY.add(engine)
+
+
 def unsupported(message: str) -> bool:
     """True when a create failure is the daemon refusing ``--storage-opt`` (e.g.
     "--storage-opt is not supported", "...only for overlay over xfs with 'pquota'")."""

@@ -104,8 +104,12 @@ def start_sink(client: docker.DockerClient, image: str, network: str, ip: str,
         networking_config=api.create_networking_config({
             network: api.create_endpoint_config(aliases=aliases, ipv4_address=ip)}),
         host_config=api.create_host_config(network_mode=network))["Id"]
-    api.put_archive(cid, "/srv", pack_files({"sink.py": script or SINK_SCRIPT.read_bytes()}))
-    api.start(cid)
+    try:
+        api.put_archive(cid, "/srv", pack_files({"sink.py": script or SINK_SCRIPT.read_bytes()}))
+        api.start(cid)
+    except docker.errors.APIError:
+        api.remove_container(cid, force=True)  # a sink that cannot start is not left behind
+        raise
     for _ in range(200):
         if b'"ready"' in api.logs(cid):
             break

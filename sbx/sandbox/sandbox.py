@@ -84,15 +84,16 @@ class Sandbox(Teardown, Probing, RuntimeStart):
         # A hard disk bound where the storage driver has one, else a measured one.
         disk = step.limits.disk
         engine = str(getattr(self.api, "base_url", ""))
-        try:
-            if storage.refused_before(engine):
-                raise EnvironmentFailure("--storage-opt refused by this engine before")
-            cid = create({"size": str(disk)})
-            self.storage = storage.record(disk, storage.HARD, step.read_only_rootfs)
-        except EnvironmentFailure as exc:
-            if not storage.unsupported(str(exc)):
-                raise
-            storage.remember_refusal(engine)
+        cid = None
+        if not storage.refused_before(engine):
+            try:
+                cid = create({"size": str(disk)})
+                self.storage = storage.record(disk, storage.HARD, step.read_only_rootfs)
+            except EnvironmentFailure as exc:
+                if not storage.unsupported(str(exc)):
+                    raise
+                storage.remember_refusal(engine)
+        if cid is None:
             cid = create(None)
             self.storage = storage.record(disk, storage.MEASURED, step.read_only_rootfs)
         watch = storage.Watch(self.api, cid, disk, self.storage) \

@@ -12,6 +12,7 @@ scratch directory, so neither imports the other.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import statistics
 import subprocess
@@ -66,6 +67,8 @@ def main() -> int:
     client = docker.from_env(timeout=300)
     squid.ensure_image(client, print)
     checkouts = {"before": args.before.resolve(), "after": ROOT}
+    for path in checkouts.values():  # bytecode, as an installed sbx has (see compile_sbx)
+        compileall.compile_dir(str(path / "sbx"), quiet=1)
     t: dict[str, list[float]] = {}
 
     def add(key: str, value: float) -> None:

@@ -7,6 +7,7 @@ timed inside the container, so container start is not part of them.
 
 from __future__ import annotations
 
+import compileall
 import importlib
 import json
 import shutil
@@ -113,9 +114,20 @@ def _epoch(stamp: str) -> float:
 
 
 def sbx_command() -> list[str]:
-    """The `sbx` a user runs: the installed script, else this Python's module."""
-    found = shutil.which("sbx")
+    """The `sbx` a user runs: this Python's installed script (not a version manager's
+    shim in front of it, which would add its own start-up), else this Python's module."""
+    script = Path(sys.executable).with_name("sbx")
+    found = str(script) if script.is_file() else shutil.which("sbx")
     return [found] if found else [sys.executable, "-m", "sbx"]
+
+
+def compile_sbx() -> None:
+    """Write sbx's bytecode, as `pip install` does: an editable install under
+    PYTHONDONTWRITEBYTECODE (as on this machine) would otherwise compile every module
+    on every start, a cost no installed sbx has."""
+    import sbx
+
+    compileall.compile_dir(str(Path(sbx.__file__).parent), quiet=1)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from rich.table import Table  # noqa: E402
 
 from bench import inspection, machine, scale  # noqa: E402
 from bench.internet import Internet  # noqa: E402
-from bench.measure import Bench, BenchError, Result, Sizes  # noqa: E402
+from bench.measure import Bench, BenchError, Result, Sizes, compile_sbx  # noqa: E402
 from sbx.attest.signing.local import keygen  # noqa: E402
 from sbx.sandbox import images  # noqa: E402
 
@@ -123,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     broken: list[str] = []
     began = time.monotonic()
+    compile_sbx()
     with tempfile.TemporaryDirectory(prefix="sbx-bench-") as tmp:
         work = Path(tmp)
         key = keygen(work / "key").private

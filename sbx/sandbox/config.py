@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,9 @@ class SandboxOptions:
 
     runtime_image: str
     egress_network: str | None = None  # None: a fresh egress network per step
+    # Returns once `egress_network` exists (raising if it could not be made): the run
+    # creates it while its sandboxes create their own networks.
+    egress_ready: Callable[[], object] | None = None
     host_ips: tuple[str, ...] = ()
     # How long a probe waits for an answer that would prove a way out. An answer on
     # these local links takes well under a millisecond; a silent drop is not taken on

@@ -43,12 +43,19 @@ class Sandbox(Teardown, Probing, RuntimeStart):
     `probing` (fail-closed probes), the step itself (here) and `teardown`.
     """
 
-    def run_step(self, log_path: Path, mask: Callable[[bytes], bytes]) -> tuple[str, int | None]:
-        """Run the command; returns (status, exit code). Logs stream to `log_path`."""
+    def create_step(self) -> str:
+        """Create the step's container and copy its inputs in; it is not started.
+
+        Done ahead of the start as soon as the inputs are known (while the probes run,
+        or while the producers of its hand-offs stop): a created container runs nothing
+        and is on no network of its own (it joins the agent's namespace when it starts),
+        so the probes prove the namespace it will run in either way. Idempotent: a second
+        call returns the first call's container.
+        """
+        if "step" in self.containers:
+            return self.containers["step"]
         step = self.step
         net = self._need_network()
-        if self.recorder_failed():
-            raise SandboxFailure("not run: " + self.faults[-1])
         env = dict(step.env)
         env.update({"SBX_STEP": step.name, "SBX_RUN_ID": self.run_id,
                     "SBX_PROXY": f"http://{net.gateway_ip}:{PROXY_PORT}"})
@@ -96,8 +103,6 @@ class Sandbox(Teardown, Probing, RuntimeStart):
         if cid is None:
             cid = create(None)
             self.storage = storage.record(disk, storage.MEASURED, step.read_only_rootfs)
-        watch = storage.Watch(self.api, cid, disk, self.storage) \
-            if self.storage["enforced_by"] == storage.MEASURED else None
         began = self._add_time("step_create", began)
         if step.read_only_rootfs:
             archive = pack_inputs(step.inputs, ".", uid, gid)
@@ -106,7 +111,19 @@ class Sandbox(Teardown, Probing, RuntimeStart):
             self.api.put_archive(cid, "/", pack_inputs(step.inputs, step.workdir, uid, gid))
         if bundle is not None and self.run_ca is not None:
             trust.install_bundle(self.api, cid, bundle, self.run_ca[0], uid, gid)
-        began = self._add_time("copy_in", began)
+        self._add_time("copy_in", began)
+        return cid
+
+    def run_step(self, log_path: Path, mask: Callable[[bytes], bytes]) -> tuple[str, int | None]:
+        """Run the command (creating its container first unless `create_step` did);
+        returns (status, exit code). Logs stream to `log_path`."""
+        step = self.step
+        if self.recorder_failed():
+            raise SandboxFailure("not run: " + self.faults[-1])
+        cid = self.create_step()
+        watch = storage.Watch(self.api, cid, step.limits.disk, self.storage) \
+            if self.storage["enforced_by"] == storage.MEASURED else None
+        began = time.monotonic()
         output = self._attach(cid, stderr=True)
         self.api.start(cid)
         if watch is not None:

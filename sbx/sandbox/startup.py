@@ -60,6 +60,8 @@ class RuntimeStart(Recorder):
         image = self.options.runtime_image
 
         def gateway() -> None:
+            if self.options.egress_ready is not None:
+                self.options.egress_ready()
             cid = self._create(
                 "gateway", image=image, user=NOBODY,
                 command=["python3", "-m", "sbx.sandbox.runtime.gateway"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import docker
@@ -47,8 +48,12 @@ class Teardown(Recorder):
         for role in ("gateway", "agent"):
             self._save_runtime_log(role)
 
-    def close(self) -> None:
-        """Remove every object of this sandbox; safe to call twice and after any failure."""
+    def close(self, containers_gone: Callable[[], None] | None = None) -> None:
+        """Remove every object of this sandbox; safe to call twice and after any failure.
+
+        `containers_gone` is called once its containers are removed, before its networks
+        are: from then on nothing of it is attached to a network it shares (the run's
+        egress network), so that one can go at the same time."""
         if self._removed:
             return
         self._removed = True
@@ -63,6 +68,8 @@ class Teardown(Recorder):
 
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(remove, ("step", "agent", "gateway")))
+        if containers_gone is not None:
+            containers_gone()
         try:
             remove_by_label(self.client, {L.RUN: self.run_id, L.STEP: self.step.name})
         except ENGINE_ERRORS as exc:

@@ -10,48 +10,33 @@ re-hashed on the way in.
 
 from __future__ import annotations
 
-import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sbx.attest.digests import sha256_file
 from sbx.attest.model import Artifact
 from sbx.errors import EXIT_FAILED, SbxError, is_disk_failure, run_dir_failure
 from sbx.pipelines.report.alerts import WebhookAlerter
 from sbx.pipelines.report.live import LiveView
+from sbx.pipelines.run.entries import input_dict, output_dict, probe_dict
 from sbx.pipelines.run.evidence import workspace_materials
+from sbx.pipelines.run.handoff import STORE, hand_off, store_outputs
 from sbx.pipelines.run.peers import OrderedSlots, neighbours
 from sbx.pipelines.run.records import FLOW_VERDICTS, EventLog, Masker, parse_time
 from sbx.pipelines.spec.pipeline import PlannedStep
-from sbx.sandbox.archive import OutputFile
 from sbx.sandbox.config import ProbeResult, SandboxFacts, StepConfig
 from sbx.sandbox.engine import is_unreachable, lost
 from sbx.sandbox.sandbox import Sandbox, SandboxFailure, utcnow
 
-STORE = "store/sha256"
 # Sandboxes prepared at once (in run order): two containers and two networks each,
 # through one engine. More only queue inside the engine and slow every step alike.
 PREPARE_SLOTS = 4
 FINAL = frozenset({"succeeded", "failed", "timeout", "blocked", "skipped", "error"})
-
-
-def step_record(step: PlannedStep, config: StepConfig) -> dict[str, Any]:
-    """A step's entry in run.json before it starts."""
-    return {
-        "name": config.name, "needs": list(step.needs), "status": "pending",
-        "exit_code": None, "reason": None, "started": None, "step_started": None,
-        "ended": None, "image": {"ref": config.image, "id": None},
-        "policy": {"mode": config.policy.mode, "digest": config.policy.digest(),
-                   "allow": [r.text for r in config.policy.rules]},
-        "docker": {}, "probes": [], "peer_probes": [], "inputs": [], "outputs": [],
-        "flows": {}, "recording": None, "faults": [], "timings": {},
-    }
 
 
 @dataclass
@@ -75,6 +60,10 @@ class StepState:
     # already in this run's store, and their materials.
     imported: tuple[tuple[tuple[Path, str], ...], tuple[Artifact, ...]] = ((), ())
     error: SbxError | None = None
+    # What creating its container ahead of time raised (see Executor._create_ahead):
+    # raised when the step would have created it itself, so not for a skipped step.
+    deferred: SbxError | None = None
+    stored: threading.Event = field(default_factory=threading.Event)  # its outputs are in
     phase: str = "pending"  # what it was doing, for the reason of an interruption
 
     @property
@@ -95,7 +84,10 @@ class Executor:
     engine_version: str
     save: Callable[[], None]
     alerter: WebhookAlerter | None = None
+    # Called once no step has a container left (the run's egress network can go then).
+    containers_gone: Callable[[], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    _gone: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _prepare_slots: OrderedSlots = field(default_factory=lambda: OrderedSlots(PREPARE_SLOTS))
 
@@ -156,7 +148,15 @@ class Executor:
     def _work(self, st: StepState) -> None:
         try:
             self._prepare(st)
-            self._probe(st)
+            creating = None
+            if not st.plan.handoffs:  # its inputs are known: create it while the probes run
+                creating = threading.Thread(target=self._create_ahead, args=(st,), daemon=True)
+                creating.start()
+            try:
+                self._probe(st)
+            finally:  # never leaves a creation running past close()
+                if creating is not None:
+                    creating.join()
             if self._wait_for_needs(st):
                 self._run(st)
         except SbxError as exc:
@@ -167,18 +167,21 @@ class Executor:
                 self._set(st, status=status, reason=self.masker.text(exc.diagnostics()))
         except Exception as exc:  # a Docker call failing under a cancelled run lands here
             if not self.cancelled.is_set():
-                # The engine or the disk going away is the environment's failure (exit 3),
-                # anything else is this sandbox's.
-                st.error = (lost(exc) if is_unreachable(exc)
-                            else run_dir_failure(self.out, exc, f"running step {st.name}")
-                            if isinstance(exc, OSError) and is_disk_failure(exc)
-                            else SandboxFailure(f"{type(exc).__name__}: {exc}"))
+                st.error = self._failure(st, exc)
                 self._set(st, status="error", reason=self.masker.text(st.error.diagnostics()))
         finally:
             st.prepared.set()
             if self.cancelled.is_set() and st.record["status"] not in FINAL | {"interrupted"}:
                 self._set(st, status="interrupted", reason=f"interrupted while {st.phase}")
             self._finish(st)
+
+    def _failure(self, st: StepState, exc: Exception) -> SbxError:
+        # The engine or the disk going away is the environment's failure (exit 3),
+        # anything else is this sandbox's.
+        return (lost(exc) if is_unreachable(exc)
+                else run_dir_failure(self.out, exc, f"running step {st.name}")
+                if isinstance(exc, OSError) and is_disk_failure(exc)
+                else SandboxFailure(f"{type(exc).__name__}: {exc}"))
 
     def _prepare(self, st: StepState) -> None:
         ticket = list(self.steps).index(st.name)
@@ -232,8 +235,8 @@ class Executor:
         st.probes = tuple(p for p in results if not p.name.startswith("peer-"))
         st.peer_probes = tuple(p for p in results if p.name.startswith("peer-"))
         with self._lock:
-            st.record["probes"] = [_probe_dict(p) for p in st.probes]
-            st.record["peer_probes"] = [_probe_dict(p) for p in st.peer_probes]
+            st.record["probes"] = [probe_dict(p) for p in st.probes]
+            st.record["peer_probes"] = [probe_dict(p) for p in st.peer_probes]
         leaks = [p for p in results if not p.blocked]
         if leaks:
             raise SandboxFailure("fail closed: probes got through: " + "; ".join(
@@ -242,6 +245,13 @@ class Executor:
         with st.sandbox.timed("settle"):
             if not st.sandbox.fenced:  # the fence did not come back: wait for quiet instead
                 self._settle(st)
+
+    def _containers_gone(self) -> None:
+        with self._lock:
+            self._gone += 1
+            last = self._gone == len(self.steps)
+        if last and self.containers_gone is not None:
+            self.containers_gone()
 
     def _settle(self, st: StepState, quiet: float = 0.4, limit: float = 5.0) -> None:
         """Wait until the probes' last decisions have arrived.
@@ -266,8 +276,16 @@ class Executor:
             self._set(st, status="waiting")
             self.view.phase(st.name, f"waiting for {', '.join(st.plan.needs)}")
         with st.sandbox.timed("needs_wait"):
-            for need in st.plan.needs:
-                self.steps[need].done.wait()
+            needs = [self.steps[need] for need in st.plan.needs]
+            if st.plan.handoffs:
+                for need in needs:
+                    need.stored.wait()
+                # Their verdicts are still to come (they stop first): a step that then
+                # does not succeed leaves this container unstarted, removed with the rest.
+                if all(n.record["status"] == "succeeded" for n in needs):
+                    self._create_ahead(st)
+            for need in needs:
+                need.done.wait()
         if self.cancelled.is_set():
             return False
         failed = [n for n in st.plan.needs if not self.steps[n].ok]
@@ -277,14 +295,35 @@ class Executor:
             return False
         return True
 
-    def _run(self, st: StepState) -> None:
-        staged, handed = self._hand_off(st)
+    def _give_inputs(self, st: StepState) -> None:
+        staged, handed = hand_off(self.out, st.plan, {n: o.record for n, o in self.steps.items()})
         staged, handed = st.imported[0] + staged, st.imported[1] + handed
-        # Hashed once, here: run.json's inputs and the link Statement's materials.
+        # Hashed once, here, just before they are packed: run.json's inputs and the link
+        # Statement's materials.
         st.materials = workspace_materials(st.config.inputs) + handed
         st.sandbox.step = replace(st.config, inputs=st.config.inputs + staged)
+
+    def _create_ahead(self, st: StepState) -> None:
+        """Create the step's container and copy its inputs in before it may start (see
+        `Sandbox.create_step`): while its probes run, or once the steps it takes files
+        from have stored them, while they stop. Nothing in it runs before `_run`."""
+        if self.cancelled.is_set():
+            return
+        try:
+            self._give_inputs(st)
+            st.sandbox.create_step()
+        except SbxError as exc:
+            st.deferred = exc
+        except Exception as exc:
+            st.deferred = self._failure(st, exc)
+
+    def _run(self, st: StepState) -> None:
+        if st.deferred is not None:
+            raise st.deferred
+        if "step" not in st.sandbox.containers:
+            self._give_inputs(st)
         self._set(st, status="running", step_started=utcnow(),
-                  inputs=[_input_dict(a) for a in st.materials])
+                  inputs=[input_dict(a) for a in st.materials])
         st.step_started = parse_time(st.record["step_started"])
         self.events.arm(st.name, st.step_started)
         self.view.arm(st.name)
@@ -311,7 +350,7 @@ class Executor:
         with st.sandbox.timed("copy_out"):
             try:
                 outputs = st.sandbox.collect_outputs(self.out / "outputs" / st.name)
-                self._store(outputs, self.out / "outputs" / st.name)
+                store_outputs(self.out, outputs, self.out / "outputs" / st.name)
             except OSError as exc:
                 if is_unreachable(exc) or not is_disk_failure(exc):
                     raise
@@ -323,7 +362,8 @@ class Executor:
                                       "(its partial outputs were removed)") from None
         if self.cancelled.is_set():  # complete, so recorded, but the run was stopped
             status, reason = "interrupted", "interrupted while copying outputs"
-        self._set(st, status=status, reason=reason, outputs=[_output_dict(o) for o in outputs])
+        self._set(st, status=status, reason=reason, outputs=[output_dict(o) for o in outputs])
+        st.stored.set()
 
     def _finish(self, st: StepState) -> None:
         """Facts, flows and the verdict, release the dependants, then remove the sandbox."""
@@ -349,6 +389,7 @@ class Executor:
             self._verdict(st)
         finally:
             st.done.set()  # st.ok is still False if the verdict could not be given
+            st.stored.set()  # whatever it stored, a dependant waits no longer
             self._remove_sandbox(st)
 
     def _verdict(self, st: StepState) -> None:
@@ -394,7 +435,7 @@ class Executor:
         sandbox, rec = st.sandbox, st.record
         with sandbox.timed("cleanup"):
             try:
-                sandbox.close()
+                sandbox.close(self._containers_gone)
             finally:
                 with self._lock:
                     rec["faults"] = [self.masker.text(f) for f in sandbox.faults]
@@ -402,54 +443,3 @@ class Executor:
         with self._lock:
             rec["timings"] = dict(sandbox.timings)
             self.save()
-
-    # -- the artifact store ------------------------------------------------------------
-    def _store(self, outputs: Sequence[OutputFile], root: Path) -> None:
-        """Copy each output into store/sha256/<hex>, the only source of hand-offs."""
-        store = self.out / STORE
-        store.mkdir(parents=True, exist_ok=True)
-        for o in outputs:
-            dest = store / o.sha256
-            if not dest.exists():
-                tmp = dest.with_name(dest.name + f".{threading.get_ident()}.tmp")
-                shutil.copyfile(root / o.path, tmp)
-                os.chmod(tmp, 0o444)
-                os.replace(tmp, dest)
-
-    def _hand_off(self, st: StepState) -> tuple[tuple[tuple[Path, str], ...],
-                                                  tuple[Artifact, ...]]:
-        """The producers' outputs this step takes, by digest, verified on the way in."""
-        staged: list[tuple[Path, str]] = []
-        handed: list[Artifact] = []
-        for item in st.plan.handoffs:
-            producer = self.steps[item.from_]
-            want = item.path.rstrip("/")
-            chosen = [o for o in producer.record["outputs"]
-                      if o["path"] == want or o["path"].startswith(want + "/")]
-            if not chosen:
-                raise SandboxFailure(f"input {item.path} from {item.from_}: {item.from_} "
-                                     "produced no such file")
-            for o in chosen:
-                blob = self.out / STORE / o["sha256"]
-                if sha256_file(blob) != o["sha256"]:
-                    raise SandboxFailure(f"input {o['path']} from {item.from_}: the stored "
-                                         "copy no longer matches its digest; refusing it")
-                staged.append((blob, o["path"]))
-                handed.append(Artifact(f"outputs/{item.from_}/{o['path']}", o["sha256"],
-                                       item.from_))
-        return tuple(staged), tuple(handed)
-
-
-def _input_dict(a: Artifact) -> dict[str, Any]:
-    # Hand-offs are named by their place in the run directory, outputs/<step>/<path>.
-    path = a.name if a.source == "workspace" else a.name.split("/", 2)[2]
-    return {"path": path, "sha256": a.sha256, "from": a.source}
-
-
-def _probe_dict(p: ProbeResult) -> dict[str, Any]:
-    return {"name": p.name, "kind": p.kind, "target": p.target, "blocked": p.blocked,
-            "detail": p.detail, "reached_if": p.reached_if}
-
-
-def _output_dict(o: OutputFile) -> dict[str, Any]:
-    return {"path": o.path, "sha256": o.sha256, "size": o.size}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+
 import docker
 import psutil
 
@@ -30,6 +34,52 @@ def create_run_egress(client: docker.DockerClient, run_id: str) -> str:
     name = run_egress_name(run_id)
     create_egress_network(client, name, labels.for_object(run_id, RUN_SCOPE, "network"))
     return name
+
+
+class RunEgress:
+    """The run's egress network, made in the background while the sandboxes make their
+    own networks: `wait` is what a gateway calls before it is created on it."""
+
+    def __init__(self, client: docker.DockerClient, run_id: str) -> None:
+        self._client, self._run_id = client, run_id
+        self._made: Future[str] = Future()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Begin creating the network."""
+        def make() -> None:
+            try:
+                self._made.set_result(create_run_egress(self._client, self._run_id))
+            except BaseException as exc:  # handed to every gateway that waits for it
+                self._made.set_exception(exc)
+
+        self._spawn(make)
+
+    def remove(self) -> None:
+        """Begin removing the network (once no container is attached to it); whatever
+        fails here is left to the run's final clean-up by label."""
+        def remove() -> None:
+            try:
+                self._client.api.remove_network(run_egress_name(self._run_id))
+            except docker.errors.DockerException:
+                pass
+
+        self._spawn(remove)
+
+    def _spawn(self, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name="sbx-run-egress", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def wait(self) -> str:
+        """The network's name once it exists; raises what its creation raised."""
+        return self._made.result()
+
+    def join(self) -> None:
+        """Return once creation and removal have ended, so a clean-up after them finds
+        whatever is left."""
+        for thread in self._threads:
+            thread.join()
 
 
 def host_addresses(client: docker.DockerClient) -> tuple[str, ...]:

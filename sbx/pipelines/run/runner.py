@@ -40,8 +40,9 @@ from sbx.pipelines.report.alerts import WebhookAlerter, WebhookOptions
 from sbx.pipelines.report.ci import write_codequality, write_junit
 from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run import evidence as ev
-from sbx.pipelines.run.executor import Executor, StepState, step_record
-from sbx.pipelines.run.host import create_run_egress, host_addresses, run_egress_name
+from sbx.pipelines.run.entries import step_record
+from sbx.pipelines.run.executor import Executor, StepState
+from sbx.pipelines.run.host import RunEgress, host_addresses, run_egress_name
 from sbx.pipelines.run.pulls import resolve_step_images
 from sbx.pipelines.run.records import EventListener, EventLog, Masker, read_events, write_record
 from sbx.pipelines.run.step_job import (
@@ -266,16 +267,18 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     save = write_record(out / "run.json", record)
     host_ips = host_addresses(client)
     egress = options.egress_network or run_egress_name(run_id)
+    run_egress = RunEgress(client, run_id) if options.egress_network is None else None
     states = {
         s.spec.name: StepState(s, configs[s.spec.name], Sandbox(
             client, run_id, configs[s.spec.name],
             SandboxOptions(runtime_image=runtime_image, egress_network=egress,
-                           host_ips=host_ips),
+                           host_ips=host_ips, egress_ready=run_egress.wait if run_egress else None),
             events.add, out / "logs"), record["steps"][s.spec.name])
         for s in pipeline.steps}
     for st in states.values():
         st.imported = imported
-    executor = Executor(states, out, events, masker, view, engine_info.version, save, alerter)
+    executor = Executor(states, out, events, masker, view, engine_info.version, save, alerter,
+                        run_egress.remove if run_egress else None)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     threads: list[threading.Thread] = []
     try:
@@ -285,8 +288,8 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
         # Every step image, pulled under its policy on the host side before any sandbox
         # exists (and before the live table, so a large pull can show its own bar).
         _pull_images(client, states, options.pull, path, view, log)
-        if options.egress_network is None:  # removed by label with the run's objects
-            create_run_egress(client, run_id)
+        if run_egress is not None:  # removed by label with the run's objects
+            run_egress.start()
         view.start({s.spec.name: s.needs for s in pipeline.steps})
         # Held back while the workers start: a signal in between would leave `threads`
         # unset, and the clean-up below would not wait for workers already creating.
@@ -311,6 +314,8 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
             signal.signal(s, signal.SIG_IGN)
         # Whatever a worker created while being cancelled goes too.
         try:
+            if run_egress is not None:
+                run_egress.join()
             remove_by_label(client, {labels.RUN: run_id})
         except ENGINE_ERRORS as exc:
             if not is_unreachable(exc):

@@ -24,6 +24,7 @@ from sbx.attest.digests import sha256_file
 from sbx.attest.model import Artifact
 from sbx.attest.signing.interface import Signer
 from sbx.errors import EXIT_FAILED, InputError, SbxError
+from sbx.pipelines.run.handoff import STORE
 from sbx.pipelines.spec.pipeline import InputFrom, Pipeline, PlannedStep
 
 if TYPE_CHECKING:  # imported where used: only a `--step` job verifies producers, and
@@ -31,7 +32,6 @@ if TYPE_CHECKING:  # imported where used: only a `--step` job verifies producers
     from sbx.attest.verify.pipeline_checks import Job
     from sbx.attest.verify.trust import Trust
 
-STORE = "store/sha256"
 
 
 class HandoffRefused(SbxError):

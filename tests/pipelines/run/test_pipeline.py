@@ -260,3 +260,30 @@ def test_a_failed_step_stops_its_dependants_and_the_run_says_which(
     failed = _verify(out, signing_key)
     assert set(failed) == {"steps-succeeded"}
     assert "compile failed (exit 2)" in failed["steps-succeeded"]
+
+
+def test_a_dependant_made_ahead_of_its_producers_verdict_never_starts_when_it_fails(
+        tmp_path: Path, internet: Internet) -> None:
+    """A step that takes files is created, with them, once its producer has stored them,
+    while the producer still stops (issue 18): the producer's verdict can still fail it
+    (here a denied attempt in enforce mode, known only after it stopped), and then the
+    dependant made ahead is skipped, never started, and removed with the rest."""
+    steps = {
+        "produce": {"image": IMAGE, "outputs": ["dist/"],
+                    "run": "sleep 2; mkdir -p dist && echo app > dist/app.txt; "
+                           "curl -sS --max-time 3 http://other.sbx.test:8080/x || true"},
+        "consume": {"image": IMAGE, "inputs": [{"from": "produce", "path": "dist/"}],
+                    "run": "cat dist/app.txt"},
+    }
+    code, record, out = _run(tmp_path, internet, steps)
+    s = record["steps"]
+    assert code == EXIT_FAILED
+    assert s["produce"]["exit_code"] == 0 and s["produce"]["status"] == "failed"
+    assert "denied (enforce mode)" in s["produce"]["reason"]
+    assert s["consume"]["status"] == "skipped"
+    assert "produce did not succeed" in s["consume"]["reason"]
+    # It was made ahead (its container is on record), and nothing of it ran.
+    assert "step" in s["consume"]["docker"]["containers"]
+    assert s["consume"]["step_started"] is None and s["consume"]["exit_code"] is None
+    assert s["consume"]["inputs"] == [] and s["consume"]["outputs"] == []
+    assert (out / "logs" / "consume.log").read_bytes() == b""

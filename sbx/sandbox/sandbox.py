@@ -47,7 +47,7 @@ class Sandbox(Teardown, Probing, RuntimeStart):
         """Create the step's container and copy its inputs in; it is not started.
 
         Done ahead of the start as soon as the inputs are known (while the probes run,
-        or while the producers of its hand-offs stop): a created container runs nothing
+        or while the steps it needs stop): a created container runs nothing
         and is on no network of its own (it joins the agent's namespace when it starts),
         so the probes prove the namespace it will run in either way. Idempotent: a second
         call returns the first call's container.

@@ -149,7 +149,7 @@ class Executor:
         try:
             self._prepare(st)
             creating = None
-            if not st.plan.handoffs:  # its inputs are known: create it while the probes run
+            if not st.plan.needs:  # nothing to wait for: create it while the probes run
                 creating = threading.Thread(target=self._create_ahead, args=(st,), daemon=True)
                 creating.start()
             try:
@@ -277,7 +277,7 @@ class Executor:
             self.view.phase(st.name, f"waiting for {', '.join(st.plan.needs)}")
         with st.sandbox.timed("needs_wait"):
             needs = [self.steps[need] for need in st.plan.needs]
-            if st.plan.handoffs:
+            if needs:  # its inputs are read once they ran, as when it starts after them
                 for need in needs:
                     need.stored.wait()
                 # Their verdicts are still to come (they stop first): a step that then
@@ -305,8 +305,8 @@ class Executor:
 
     def _create_ahead(self, st: StepState) -> None:
         """Create the step's container and copy its inputs in before it may start (see
-        `Sandbox.create_step`): while its probes run, or once the steps it takes files
-        from have stored them, while they stop. Nothing in it runs before `_run`."""
+        `Sandbox.create_step`): while its probes run, or once the steps it needs have
+        stored their outputs, while they stop. Nothing in it runs before `_run`."""
         if self.cancelled.is_set():
             return
         try:

@@ -9,9 +9,9 @@ import docker
 import pytest
 import yaml
 
-from sbx.errors import EXIT_OK
+from sbx.errors import EXIT_OK, EnvironmentFailure
 from sbx.pipelines.cli import main
-from sbx.pipelines.run.host import create_run_egress, run_egress_name
+from sbx.pipelines.run.host import RunEgress, create_run_egress, run_egress_name
 from sbx.sandbox.sandbox import remove_by_label
 
 pytestmark = pytest.mark.docker
@@ -44,3 +44,24 @@ def test_steps_of_a_run_share_its_egress_network_and_nothing_is_left(
     # ... while each step still had an internal network of its own.
     assert len({st["docker"]["network"] for st in record["steps"].values()}) == 2
     assert not docker_client.api.networks(filters={"label": f"sbx.run={record['run_id']}"})
+
+
+def test_the_runs_egress_network_is_made_and_removed_in_the_background(
+        docker_client: docker.DockerClient) -> None:
+    """Gateways wait for it; a creation that fails reaches each of them; removal goes."""
+    run_id = "test-host-background"
+    egress = RunEgress(docker_client, run_id)
+    try:
+        egress.start()
+        assert egress.wait() == run_egress_name(run_id)
+        assert docker_client.api.inspect_network(run_egress_name(run_id))["Name"]
+        twice = RunEgress(docker_client, run_id)  # the name is taken: the engine refuses
+        twice.start()
+        with pytest.raises(EnvironmentFailure, match="cannot create network"):
+            twice.wait()
+        egress.remove()
+        egress.join()
+        with pytest.raises(docker.errors.NotFound):
+            docker_client.api.inspect_network(run_egress_name(run_id))
+    finally:
+        remove_by_label(docker_client, {"sbx.run": run_id})

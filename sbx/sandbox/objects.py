@@ -7,6 +7,7 @@ runtime (`startup`), the fail-closed probes (`probing`), the step itself and cle
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
@@ -86,6 +87,9 @@ class SandboxObjects:
                              for proto in ("udp", "tcp")}
         self._probe_record: GatewayRecord | None = None  # the runtime's events while probing
         self.fenced = False  # the probes' fence came back: nothing of theirs is still coming
+        # The probe process started ahead (exec id, its attached socket), waiting for its
+        # description on stdin (see `Probing.spawn_probes`).
+        self._probe_exec: tuple[str, Any] | None = None
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:
@@ -124,6 +128,16 @@ class SandboxObjects:
         return self.api.create_host_config(
             cap_drop=["ALL"], security_opt=list(STEP_SECURITY_OPT), read_only=True,
             **RUNTIME_LIMITS, **kwargs)
+
+    def _runtime_started(self) -> None:
+        """Called once the gateway and agent have started, before they are ready."""
+
+    def drop_probe_process(self) -> None:
+        """Close a probe process started ahead that will not be used (it ends on EOF)."""
+        started, self._probe_exec = self._probe_exec, None
+        if started is not None:
+            with contextlib.suppress(OSError):
+                started[1].close()
 
     def _need_network(self) -> StepNetwork:
         if self.network is None:

@@ -14,12 +14,16 @@ import secrets
 from collections.abc import Sequence
 from typing import Any
 
+from docker.utils.socket import STDOUT, frames_iter
+
 from sbx.sandbox.config import ProbeResult
+from sbx.sandbox.engine import ENGINE_ERRORS
 from sbx.sandbox.objects import NOBODY, PROXY_PORT, SandboxFailure, SandboxObjects, utcnow
 from sbx.sandbox.probe_verdicts import GatewayRecord, identity_problem, judge
 
 # How long to wait for the fence's record once the probes are done (see `probe`).
 FENCE_WAIT = 5.0
+PROBE_COMMAND = ["python3", "-m", "sbx.sandbox.runtime.probe"]
 
 
 class Probing(SandboxObjects):
@@ -62,13 +66,40 @@ class Probing(SandboxObjects):
                            "reason": r.detail, "violation": (not r.blocked) or None})
         return results
 
+    def _runtime_started(self) -> None:
+        self.spawn_probes()
+
+    def spawn_probes(self) -> None:
+        """Start the probe process in the agent's container now, as nobody: it starts
+        Python and imports while the gateway and agent get ready, then waits for its
+        description on stdin, which `probe` sends once both are. Best effort: without
+        it, `probe` starts the process itself."""
+        try:
+            exec_id = self.api.exec_create(
+                self.containers["agent"], [*PROBE_COMMAND, "--stdin"], user=NOBODY,
+                stdin=True, stdout=True, stderr=False)["Id"]
+            self._probe_exec = (exec_id, self.api.exec_start(exec_id, socket=True))
+        except ENGINE_ERRORS:
+            self._probe_exec = None
+
     def _run_probes(self, cfg: dict[str, Any]) -> dict[str, Any]:
         """Run the probes in the agent's container as nobody; their JSON report."""
-        exec_id = self.api.exec_create(
-            self.containers["agent"], ["python3", "-m", "sbx.sandbox.runtime.probe"],
-            user=NOBODY, environment={"SBX_CONFIG": json.dumps(cfg)},
-            stdout=True, stderr=False)["Id"]
-        out = self.api.exec_start(exec_id).decode("utf-8", "replace")
+        started, self._probe_exec = self._probe_exec, None
+        if started is None:
+            exec_id = self.api.exec_create(
+                self.containers["agent"], PROBE_COMMAND, user=NOBODY,
+                environment={"SBX_CONFIG": json.dumps(cfg)}, stdout=True, stderr=False)["Id"]
+            out = self.api.exec_start(exec_id).decode("utf-8", "replace")
+        else:
+            exec_id, sock = started
+            try:
+                getattr(sock, "_sock", sock).sendall(json.dumps(cfg).encode() + b"\n")
+                out = b"".join(data for stream, data in frames_iter(sock, tty=False)
+                               if stream == STDOUT).decode("utf-8", "replace")
+            except OSError as exc:
+                raise SandboxFailure(f"the probes did not report ({exc})") from None
+            finally:
+                sock.close()
         code = self.api.exec_inspect(exec_id).get("ExitCode")
         try:
             report = json.loads(out.strip().splitlines()[-1])

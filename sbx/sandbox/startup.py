@@ -91,6 +91,7 @@ class RuntimeStart(Recorder):
             futures = [pool.submit(gateway), pool.submit(agent)]
             for future in futures:
                 future.result()
+        self._runtime_started()  # the probes' process starts while the runtime gets ready
         with self.timed("runtime_ready"):
             deadline = time.monotonic() + self.options.ready_timeout
             for role, ready in self._ready.items():

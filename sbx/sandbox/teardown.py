@@ -57,6 +57,7 @@ class Teardown(Recorder):
         if self._removed:
             return
         self._removed = True
+        self.drop_probe_process()
         self.stop()
 
         def remove(role: str) -> None:

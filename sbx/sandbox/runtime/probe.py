@@ -299,7 +299,12 @@ def plan(cfg: dict[str, Any]) -> list[Callable[[], Result]]:
 
 def main() -> None:
     """Run every probe in parallel and print one JSON document."""
-    cfg = json.loads(os.environ["SBX_CONFIG"])
+    # With --stdin the process was started ahead and waits here for its description
+    # (sent once the gateway and agent are ready); end of input means no probes: exit.
+    source = sys.stdin.readline() if "--stdin" in sys.argv[1:] else os.environ["SBX_CONFIG"]
+    if not source:
+        raise SystemExit(2)
+    cfg = json.loads(source)
     probes = plan(cfg)
     results: list[Result | None] = [None] * len(probes)
 

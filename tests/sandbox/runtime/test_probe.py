@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -126,3 +130,24 @@ def test_no_two_probes_share_a_source_port() -> None:
         ports.close()
         server.close()
     assert len(set(seen)) == len(seen)
+
+
+def _probe_process(stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sbx.sandbox.runtime.probe", "--stdin"],
+                          input=stdin, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "SBX_CONFIG": '{"host_ips": ["127.0.0.1"]}'})
+
+
+def test_a_probe_process_started_ahead_takes_its_description_from_stdin_only() -> None:
+    """Started before the runtime is ready (issue 18), the process waits for the line sbx
+    sends once it is: that line, not the environment, says what to probe."""
+    done = _probe_process(json.dumps({"timeout": 0.1}) + "\n")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["probes"] == [] and report["identity"]["uid"] == os.getuid()
+
+
+def test_a_probe_process_whose_description_never_comes_probes_nothing() -> None:
+    """sbx closes a process it will not use (a step that never got to its probes)."""
+    done = _probe_process("")
+    assert done.returncode == 2 and done.stdout == ""

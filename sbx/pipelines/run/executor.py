@@ -26,7 +26,12 @@ from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run.entries import input_dict, output_dict, probe_dict
 from sbx.pipelines.run.evidence import workspace_materials
 from sbx.pipelines.run.handoff import STORE, hand_off, store_outputs
-from sbx.pipelines.run.peers import OrderedSlots, neighbours
+from sbx.pipelines.run.peers import (
+    OrderedSlots,
+    neighbours,
+    preparation_order,
+    wait_to_prepare,
+)
 from sbx.pipelines.run.records import FLOW_VERDICTS, EventLog, Masker, parse_time
 from sbx.pipelines.spec.pipeline import PlannedStep
 from sbx.sandbox.config import ProbeResult, SandboxFacts, StepConfig
@@ -47,6 +52,7 @@ class StepState:
     config: StepConfig
     sandbox: Sandbox
     record: dict[str, Any]
+    admitted: threading.Event = field(default_factory=threading.Event)  # preparing, or never
     prepared: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
     exited: threading.Event = field(default_factory=threading.Event)  # the worker returned
@@ -184,7 +190,7 @@ class Executor:
                 else SandboxFailure(f"{type(exc).__name__}: {exc}"))
 
     def _prepare(self, st: StepState) -> None:
-        ticket = list(self.steps).index(st.name)
+        ticket = preparation_order({n: o.plan.needs for n, o in self.steps.items()})[st.name]
         admitted = False
         try:
             if st.error is not None:  # its image could not be had (runner._pull_images)
@@ -194,7 +200,9 @@ class Executor:
                 st.record["image"]["id"] = st.sandbox.image_digest()
             self.view.phase(st.name, "preparing the sandbox (network, gateway, agent)")
             with st.sandbox.timed("prepare_wait"):
+                self._wait_to_prepare(st)
                 admitted = self._prepare_slots.acquire(ticket, self.cancelled)
+                st.admitted.set()
             if not admitted:
                 raise SandboxFailure("cancelled")
             try:
@@ -204,7 +212,15 @@ class Executor:
         finally:
             if not admitted:  # this step will never prepare: the next in order may
                 self._prepare_slots.skip(ticket)
+            st.admitted.set()
             st.prepared.set()
+
+    def _wait_to_prepare(self, st: StepState) -> None:
+        needs = [self.steps[n] for n in st.plan.needs]
+        if not wait_to_prepare([n.admitted for n in needs],
+                               [self.steps[g].prepared for n in needs for g in n.plan.needs],
+                               self.cancelled):
+            raise SandboxFailure("cancelled")
 
     def _live(self, other: StepState) -> bool:
         """Has a sandbox now and has not ended. Never waits: a neighbour still being
@@ -244,7 +260,7 @@ class Executor:
         self.view.phase(st.name, f"{len(results)} probes blocked")
         with st.sandbox.timed("settle"):
             if not st.sandbox.fenced:  # the fence did not come back: wait for quiet instead
-                self._settle(st)
+                self.events.wait_for_quiet(st.name)
 
     def _containers_gone(self) -> None:
         with self._lock:
@@ -252,24 +268,6 @@ class Executor:
             last = self._gone == len(self.steps)
         if last and self.containers_gone is not None:
             self.containers_gone()
-
-    def _settle(self, st: StepState, quiet: float = 0.4, limit: float = 5.0) -> None:
-        """Wait until the probes' last decisions have arrived.
-
-        The gateway and agent report through log streams, and on a busy machine a
-        probe can give up before its connection is judged. The step's own traffic is
-        everything after step_started, so that moment must come after the probes'.
-        """
-        deadline = time.monotonic() + limit
-        last = self.events.digest(st.name)[1]
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
-            time.sleep(0.05)
-            count = self.events.digest(st.name)[1]
-            if count != last:
-                last, quiet_since = count, time.monotonic()
-            elif time.monotonic() - quiet_since >= quiet:
-                return
 
     def _wait_for_needs(self, st: StepState) -> bool:
         if st.plan.needs:

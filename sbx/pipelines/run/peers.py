@@ -17,7 +17,7 @@ in at least one direction, and no step's start waits for a later step's preparat
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -36,6 +36,35 @@ def neighbours(order: Sequence[T], me: T, live: Callable[[T], bool]) -> list[T]:
                 chosen.append(other)
                 break
     return chosen
+
+
+def wait_to_prepare(needs_admitted: Sequence[threading.Event],
+                    their_needs_prepared: Sequence[threading.Event],
+                    cancelled: threading.Event) -> bool:
+    """Wait until a step may be prepared; False if the run is cancelled meanwhile.
+
+    At most two sandboxes of a chain come up at once: a step is prepared once the steps
+    it needs are being prepared and the steps those need are ready. It cannot run before
+    them, and more sandboxes coming up beside theirs would only slow theirs down (two
+    CPUs, one engine), while the one ahead is ready when the link before it ends.
+    """
+    for event in (*needs_admitted, *their_needs_prepared):
+        while not event.wait(0.2):
+            if cancelled.is_set():
+                return False
+    return True
+
+
+def preparation_order(needs: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Each step's ticket for `OrderedSlots`: by depth (how many steps lie before it on
+    its longest chain of needs), then run order (`needs` is in run order). A deeper step
+    waits for its needs (`wait_to_prepare`), so it must never hold up a shallower one
+    that could be prepared now."""
+    depth: dict[str, int] = {}
+    for name, wanted in needs.items():  # run order is topological: needs come first
+        depth[name] = 1 + max((depth[n] for n in wanted), default=-1)
+    ranked = sorted(needs, key=lambda n: depth[n])  # stable: run order within a depth
+    return {name: i for i, name in enumerate(ranked)}
 
 
 class OrderedSlots:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -205,6 +206,25 @@ class EventLog:
                 self._fh.close()
             except OSError as exc:  # the unflushed tail of a failed write
                 self.error = self.error or exc
+
+    def wait_for_quiet(self, step: str, quiet: float = 0.4, limit: float = 5.0) -> None:
+        """Wait until nothing new came from `step` for `quiet` seconds (at most `limit`).
+
+        The fallback when the probes' fence did not come back: the gateway and agent
+        report through log streams, and on a busy machine a probe can give up before
+        its connection is judged. The step's own traffic is everything after
+        step_started, so that moment must come after the probes'.
+        """
+        deadline = time.monotonic() + limit
+        last = self.digest(step)[1]
+        quiet_since = time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            count = self.digest(step)[1]
+            if count != last:
+                last, quiet_since = count, time.monotonic()
+            elif time.monotonic() - quiet_since >= quiet:
+                return
 
     def digest(self, step: str) -> tuple[str, int]:
         """sha256 and number of the step's lines so far, in the order written."""

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from sbx.pipelines.run.peers import OrderedSlots, neighbours
+from sbx.pipelines.run.peers import OrderedSlots, neighbours, preparation_order
 
 
 def test_each_step_probes_its_nearest_live_neighbour_on_each_side() -> None:
@@ -94,3 +94,13 @@ def test_whatever_order_sandboxes_come_up_in_every_neighbouring_pair_is_probed(
     assert len(pairs) <= 2 * (n - 1)
     for i in range(n - 1):
         assert (i, i + 1) in pairs or (i + 1, i) in pairs, (i, sorted(pairs))
+
+
+def test_sandboxes_are_prepared_shallowest_first_then_in_run_order() -> None:
+    """A step is prepared once the steps it needs are (issue 18): its ticket comes after
+    every step it could not run before, so it never holds up one that could go now."""
+    needs = {"a": [], "b": ["a"], "c": [], "d": ["b", "c"], "e": [], "f": ["a"]}
+    order = preparation_order(needs)
+    assert sorted(order, key=order.__getitem__) == ["a", "c", "e", "b", "f", "d"]
+    chain = {f"s{i}": [f"s{i - 1}"] if i else [] for i in range(4)}
+    assert preparation_order(chain) == {"s0": 0, "s1": 1, "s2": 2, "s3": 3}

@@ -1,11 +1,13 @@
 """Running the steps of a run: one worker thread per step, each in its own sandbox.
 
-Every step's sandbox is prepared as soon as one of PREPARE_SLOTS is free, so later
-steps' networks, gateways and agents come up while earlier steps run. Each step then
-probes from inside its own namespace, including its live neighbours' addresses (peer
-probes, see `sbx.pipelines.run.peers`), then waits for the steps it needs. A step whose need
-did not succeed is skipped. Hand-offs come from the run's content-addressed store,
-re-hashed on the way in.
+Every step's sandbox is prepared as soon as one of PREPARE_SLOTS is free and the steps
+it needs are being prepared (see `sbx.pipelines.run.peers`), so later steps' networks,
+gateways and agents come up while earlier steps run. Each step then probes from inside
+its own namespace, including its live neighbours' addresses (peer probes), then waits for
+the steps it needs. Its container is created, with its inputs, ahead of its start: while
+it probes, or once the steps it needs have stored their outputs. A step whose need did
+not succeed is skipped, and what was created for it is removed unstarted. Hand-offs come
+from the run's content-addressed store, re-hashed on the way in.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ from sbx.sandbox.config import ProbeResult, SandboxFacts, StepConfig
 from sbx.sandbox.engine import is_unreachable, lost
 from sbx.sandbox.sandbox import Sandbox, SandboxFailure, utcnow
 
-# Sandboxes prepared at once (in run order): two containers and two networks each,
-# through one engine. More only queue inside the engine and slow every step alike.
+# Sandboxes prepared at once (shallowest first, then in run order: see
+# `peers.preparation_order`): two containers and a network each, through one engine.
+# More only queue inside the engine and slow every step alike.
 PREPARE_SLOTS = 4
 FINAL = frozenset({"succeeded", "failed", "timeout", "blocked", "skipped", "error"})
 

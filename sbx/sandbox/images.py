@@ -14,8 +14,9 @@ Two images, both labelled ``sbx.managed=1``:
 
 No registry is needed: base images are root filesystems made by ``mmdebstrap`` (which fetches
 Debian packages from a Debian mirror; set ``SBX_DEBIAN_MIRROR`` to use another one) and turned
-into images with ``docker import``. The thin runtime layer is a ``COPY``-only Dockerfile built
-with ``pull=False`` and ``network_mode="none"``, so nothing inside a build touches the network.
+into images with ``docker import``. The thin runtime layer is a Dockerfile that copies the code
+and compiles it to bytecode (so no container start compiles it), built with ``pull=False`` and
+``network_mode="none"``, so nothing inside a build touches the network.
 
 On machines with a registry, ``build_images(client, base="python:3.12-slim")`` (or
 ``SBX_IMAGE_BASE=python:3.12-slim``, which ``ensure_runtime_image`` honours too) builds the
@@ -198,10 +199,19 @@ def _runtime_context(dockerfile: bytes) -> list[tuple[str, bytes]]:
     return files
 
 
+# Every gateway, agent and probe start would otherwise compile every sbx module it imports
+# (PYTHONDONTWRITEBYTECODE keeps it from caching them): compile once, with the image's own
+# python3. Hash-based pycs stay valid whatever mtime the layer gives the sources, and python
+# checks each against its source's bytes, so a .pyc can never stand in for other code.
+COMPILE_RUNTIME = ("python3 -m compileall -q --invalidation-mode checked-hash "
+                   "/opt/sbx/sbx")
+
+
 def _thin_runtime_dockerfile(base_tag: str) -> bytes:
     return (
         f"FROM {base_tag}\n"
         "COPY sbx /opt/sbx/sbx\n"
+        f"RUN {COMPILE_RUNTIME}\n"
         "ENV PYTHONPATH=/opt/sbx PYTHONDONTWRITEBYTECODE=1\n"
     ).encode()  # CMD and the sbx.managed label come from the base; build() adds the label too
 

@@ -80,7 +80,6 @@ class SandboxObjects:
         self._log_writer: threading.Thread | None = None
         # Seconds per phase of this sandbox's life, for run.json and `make bench`.
         self.timings: dict[str, float] = {}
-        self._last_event = {"gateway": 0.0, "agent": 0.0}  # monotonic time of the last line
         # Names only Docker's embedded DNS answers (the agent's aliases on the step network):
         # the probes' DNS canaries. Short, random labels: container names can pass 63 bytes.
         self.dns_canaries = {proto: f"sbx-canary-{secrets.token_hex(6)}"

@@ -165,7 +165,6 @@ class RuntimeStart(Recorder):
                        "reason": fault, "source": "sbx"})
 
     def _on_line(self, role: str, line: bytes) -> None:
-        self._last_event[role] = time.monotonic()
         try:
             event = json.loads(line)
         except ValueError:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -82,31 +80,20 @@ class Teardown(Recorder):
         if writer is not None:  # its stream ended with the container: the last bytes land
             writer.join(timeout=5)
 
-    def _quiesce(self, role: str, quiet: float = 0.2, limit: float = 2.0) -> None:
-        """Give the role's last decisions (a NFLOG denial read just as the step ended)
-        time to arrive: wait until nothing came from it for `quiet` seconds since the call."""
-        began = time.monotonic()
-        while (now := time.monotonic()) < began + limit:
-            if now - max(self._last_event[role], began) >= quiet:
-                return
-            time.sleep(0.02)
-
     def _stop_runtime(self, role: str) -> None:
         cid = self.containers.get(role)
         if cid is None:
             return
         try:
-            if role == "gateway":  # SIGTERM lets the gateway report the bytes of open flows
-                self._terminate(role, cid)
-            else:  # the agent writes each event as it happens: only its counters are left
-                # The counters are the kernel's, complete once the step has exited: read
-                # them while the last NFLOG lines come in, not after.
-                counters = threading.Thread(target=self.read_firewall_counters, daemon=True)
-                counters.start()
-                if self._followers:
-                    self._quiesce("agent")
-                counters.join()
-                self._terminate(role, cid)  # SIGTERM: its final heartbeat
+            if role == "agent":
+                # The counters are the kernel's, complete once the step has exited; an exec
+                # needs the agent's container, so they are read first (while the gateway
+                # stops). Nothing is waited for after them: the step's last drops were
+                # queued in the agent's NFLOG socket as they happened, and on SIGTERM the
+                # agent writes every queued record before its final heartbeat.
+                self.read_firewall_counters()
+            # SIGTERM lets the gateway report the bytes of open flows.
+            self._terminate(role, cid)
         except ENGINE_ERRORS:
             pass
 

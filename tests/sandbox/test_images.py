@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,6 +174,58 @@ def test_runtime_image_runs_the_runtime_code(client: Any) -> None:
     messages: list[str] = []
     assert images.ensure_runtime_image(client, build=False, log=messages.append) == tag
     assert messages == []
+
+
+# Runs in the image: imports every runtime module with the compiler watched, and reads each
+# module's .pyc header. Prints what was compiled from source and what is wrong with each pyc.
+_BYTECODE_CHECK = """
+import importlib, importlib.util, json, sys
+import _frozen_importlib_external as external
+
+compiled = []
+original = external.SourceLoader.source_to_code
+
+def source_to_code(self, data, path, *args, **kwargs):
+    compiled.append(path)
+    return original(self, data, path, *args, **kwargs)
+
+external.SourceLoader.source_to_code = source_to_code
+problems = {}
+for name in sys.argv[1:]:
+    module = importlib.import_module(name)
+    try:
+        with open(module.__cached__, "rb") as handle:
+            header = handle.read(16)
+    except OSError as exc:
+        problems[name] = f"no pyc: {exc}"
+        continue
+    with open(module.__file__, "rb") as handle:
+        source = handle.read()
+    if header[:4] != importlib.util.MAGIC_NUMBER:
+        problems[name] = "pyc of another python"
+    elif int.from_bytes(header[4:8], "little") != 0b11:
+        problems[name] = "not a checked hash-based pyc"
+    elif header[8:16] != importlib.util.source_hash(source):
+        problems[name] = "pyc of other source bytes"
+print(json.dumps({"compiled": [p for p in compiled if p.startswith("/opt/sbx/")],
+                  "problems": problems, "dont_write": sys.flags.dont_write_bytecode}))
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.timeout(900)
+def test_runtime_image_imports_its_code_precompiled(client: Any) -> None:
+    """Every runtime module has a valid .pyc in the image and python loads it instead of
+    compiling the source: a gateway, agent or probe start compiles none of sbx's code."""
+    tag = images.ensure_runtime_image(client)
+    modules = [rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+               for rel, _ in images.runtime_files()]
+    assert "sbx.sandbox.runtime.gateway" in modules and "sbx.sandbox.runtime.agent" in modules
+    out = client.containers.run(
+        tag, ["python3", "-c", _BYTECODE_CHECK, *modules],
+        remove=True, network_disabled=True, labels={"sbx.test": "1"})
+    report = json.loads(out)
+    assert report == {"compiled": [], "problems": {}, "dont_write": 1}
 
 
 @pytest.mark.docker

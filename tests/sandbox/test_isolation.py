@@ -135,6 +135,32 @@ def test_denied_server_is_unreachable_every_way_and_each_attempt_is_recorded(
     assert len(_denied(run, kind="dns", name=other.name)) >= 3
 
 
+LAST_DROPS = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for port in range(21000, 21000 + int(sys.argv[2])):
+    try:
+        s.sendto(b"x", (sys.argv[1], port))
+    except OSError:
+        pass  # EPERM: dropped (and logged)
+"""
+
+
+def test_drops_that_are_the_steps_last_act_are_each_recorded(
+        run_step: Any, internet: Internet) -> None:
+    """sbx stops the agent as soon as the step has exited, without waiting for it to go
+    quiet: datagrams sent the instant before the exit still each have their denial, and
+    the firewall's count of drops matches the records (nothing dropped unrecorded)."""
+    n = 150  # under the NFLOG rule's burst: each is logged
+    run = run_step(_step("lastdrops", f"python3 last.py {internet.other.ip} {n}", []),
+                   {"last.py": LAST_DROPS.encode()})
+    assert run.step["exit_code"] == 0
+    ports = sorted(e["dst_port"] for e in _denied(run, kind="udp", dst_ip=internet.other.ip))
+    assert ports == list(range(21000, 21000 + n)), f"{len(ports)} of {n} recorded"
+    recording = run.step["recording"]
+    assert recording["firewall_dropped"] >= n and recording["firewall_unlogged"] == 0, recording
+
+
 def test_allowed_sni_sent_to_a_denied_ip_is_connected_to_the_allowed_host(
         run_step: Any, internet: Internet) -> None:
     script = f"""

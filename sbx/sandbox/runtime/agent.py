@@ -20,6 +20,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,9 +28,14 @@ from sbx.sandbox.runtime import heartbeat, limits, pipe
 from sbx.sandbox.runtime.counters import COUNTERS, udp_drops
 from sbx.sandbox.runtime.events import emit, log
 from sbx.sandbox.runtime.firewall import drop_privileges, rules_v4, rules_v6, run, setup_ipv6
-from sbx.sandbox.runtime.nflog import NflogReader
+from sbx.sandbox.runtime.nflog import DroppedPacket, NflogReader
 
 SO_ORIGINAL_DST = 80
+# How long the stop may spend writing queued NFLOG records. The queue holds what the step
+# sent before it exited, so it drains at once; the bound is for a step still sending (a
+# failed start) and stays under sbx's 2 s grace before SIGKILL. Whatever is left is still
+# counted by the firewall's counters, read before the stop.
+DRAIN_LIMIT = 1.0
 
 
 def original_dst(conn: socket.socket) -> tuple[str, int]:
@@ -45,6 +51,9 @@ class Agent:
         self.cfg = cfg
         self.step: str = cfg["step"]
         self.gateway = (cfg["gateway_ip"], int(cfg["proxy_port"]))
+        # Held from reading NFLOG records to having written them: the stop takes it, so no
+        # record is read and then lost to the exit.
+        self.nflog_lock = threading.Lock()
 
     def _deny(self, reason: str, **fields: Any) -> None:
         emit("tcp", step=self.step, verdict="denied", reason=reason, source="agent",
@@ -162,23 +171,43 @@ class Agent:
 
     def serve_nflog(self, reader: NflogReader) -> None:
         while True:
+            reader.wait()
+            with self.nflog_lock:
+                self._log_queued(reader)
+
+    def drain_nflog(self, reader: NflogReader, limit: float = DRAIN_LIMIT) -> None:
+        """Write every record still queued and keep `serve_nflog` from reading more (the
+        lock is never given back): the last thing before the exit."""
+        self.nflog_lock.acquire()
+        self._log_queued(reader, deadline=time.monotonic() + limit)
+
+    def _log_queued(self, reader: NflogReader, deadline: float | None = None) -> None:
+        """Emit one queued batch, or with a deadline every batch until none is left."""
+        while True:
             try:
-                packets = reader.read()
+                packets = reader.read_queued()
             except (OSError, ValueError) as exc:  # ENOBUFS under a flood: say so and go on
                 # What was lost is counted by the firewall's own counters (sbx reads them).
                 if COUNTERS.add("nflog_overruns") == 1:
                     emit("agent", step=self.step, phase="log-overrun", reason=str(exc))
-                continue
+                packets = []
+            if packets is None:
+                return
             for p in packets:
-                kind = p.protocol if p.family == socket.AF_INET else "ipv6"
-                reason = "dropped by the sandbox firewall"
-                if p.prefix == "bound":
-                    # Logged after the REDIRECT: the address is the relay's, not the target's.
-                    reason = ("a connection bound to a device (SO_BINDTODEVICE) bypassed the "
-                              "relay; dropped (the destination is the relay's address)")
-                emit(kind, step=self.step, dst_ip=p.dst_ip, dst_port=p.dst_port,
-                     protocol=p.protocol, verdict="denied", source="agent", violation=True,
-                     reason=reason, bytes_out=p.length, layer="firewall")
+                self._log_drop(p)
+            if deadline is None or time.monotonic() >= deadline:
+                return
+
+    def _log_drop(self, p: DroppedPacket) -> None:
+        kind = p.protocol if p.family == socket.AF_INET else "ipv6"
+        reason = "dropped by the sandbox firewall"
+        if p.prefix == "bound":
+            # Logged after the REDIRECT: the address is the relay's, not the target's.
+            reason = ("a connection bound to a device (SO_BINDTODEVICE) bypassed the "
+                      "relay; dropped (the destination is the relay's address)")
+        emit(kind, step=self.step, dst_ip=p.dst_ip, dst_port=p.dst_port,
+             protocol=p.protocol, verdict="denied", source="agent", violation=True,
+             reason=reason, bytes_out=p.length, layer="firewall")
 
 
 def _accept_loop(server: socket.socket, handler: Callable[[socket.socket], None],
@@ -239,13 +268,20 @@ def main() -> None:
     def drops() -> dict[str, int]:
         return {"dns_socket_drops": udp_drops(ports)}
 
-    def stop(_signum: int, _frame: Any) -> None:
+    stopping = threading.Event()
+
+    def stop() -> None:
+        stopping.wait()
         beating.set()
+        agent.drain_nflog(reader)
         heartbeat.beat("agent", step, 0, drops, final=True)
         sys.stdout.flush()
         os._exit(0)
 
-    signal.signal(signal.SIGTERM, stop)
+    # The handler only wakes the stop thread: it runs on the main thread, which may be
+    # inside emit() (the lock the last records need) or anywhere else.
+    signal.signal(signal.SIGTERM, lambda _signum, _frame: stopping.set())
+    threading.Thread(target=stop, name="sbx-stop", daemon=True).start()
     threading.Thread(target=agent.serve_nflog, args=(reader,), daemon=True).start()
     threading.Thread(target=agent.serve_dns_udp, args=(dns_udp,), daemon=True).start()
     threading.Thread(target=_accept_loop, args=(

@@ -6,8 +6,8 @@ Everything here runs once, before the agent drops every capability for good.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
+import socket
 import subprocess
 from typing import Any
 
@@ -113,11 +113,14 @@ def setup_ipv6() -> None:
     The step network has no IPv6 (Docker 20.10 does not isolate it); without an
     address the kernel would fail IPv6 connects silently, leaving no record.
     """
-    for link in json.loads(run(["ip", "-j", "link"])):
-        if link["ifname"] != "lo":
-            run(["ip", "link", "set", "dev", link["ifname"], "addrgenmode", "none"])
-            run(["ip", "-6", "addr", "flush", "dev", link["ifname"]])
-    run(["ip", "-6", "route", "replace", "default", "dev", "lo"])
+    commands: list[str] = []
+    for _index, name in socket.if_nameindex():
+        if name != "lo":
+            commands += [f"link set dev {name} addrgenmode none",
+                         f"addr flush dev {name} to ::/0"]  # its IPv6 addresses
+    commands.append("route replace ::/0 dev lo")
+    # One ip process for all (a batch stops at, and fails on, its first error).
+    run(["ip", "-batch", "-"], "\n".join(commands) + "\n")
 
 
 def drop_privileges() -> dict[str, str]:

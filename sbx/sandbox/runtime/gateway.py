@@ -12,7 +12,6 @@ import ipaddress
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 from typing import Any
@@ -24,6 +23,7 @@ from sbx.sandbox.runtime.dns_server import Resolver, make_servers
 from sbx.sandbox.runtime.events import emit, log
 from sbx.sandbox.runtime.gate import Decision, Gate, Network
 from sbx.sandbox.runtime.http.tunnel import Inspection
+from sbx.sandbox.runtime.interfaces import own_addresses
 from sbx.sandbox.runtime.proxy import Proxy, ProxyHandler, emit_close
 
 __all__ = ["Decision", "Gate", "Network", "main"]
@@ -31,17 +31,8 @@ __all__ = ["Decision", "Gate", "Network", "main"]
 
 def _own_addresses() -> list[Network]:
     """This container's addresses and its default gateway (the host's bridge)."""
-    nets: list[Network] = []
-    out = subprocess.run(["ip", "-j", "addr"], capture_output=True, text=True, check=True).stdout
-    for link in json.loads(out):
-        for addr in link.get("addr_info", []):
-            nets.append(ipaddress.ip_network(addr["local"]))
-    for family in ("-4", "-6"):
-        out = subprocess.run(["ip", "-j", family, "route"], capture_output=True, text=True).stdout
-        for route in json.loads(out or "[]"):
-            if route.get("gateway"):
-                nets.append(ipaddress.ip_network(route["gateway"]))
-    return nets
+    addresses, gateways = own_addresses()
+    return [ipaddress.ip_network(a) for a in addresses + gateways]
 
 
 def main() -> None:

@@ -9,9 +9,10 @@ speaks nfnetlink_log, so the few messages needed are packed here.
 from __future__ import annotations
 
 import ipaddress
+import select
 import socket
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 NETLINK_NETFILTER = 12
 _ULOG = 4 << 8  # NFNL_SUBSYS_ULOG
@@ -26,8 +27,8 @@ _ATTR_PAYLOAD, _ATTR_PREFIX = 9, 10
 _PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 
 
-@dataclass(frozen=True)
-class DroppedPacket:
+# A NamedTuple, not a dataclass: dataclasses imports inspect, a sixth of the agent's start-up.
+class DroppedPacket(NamedTuple):
     """What a logged packet shows: where it was going and how."""
 
     prefix: str
@@ -79,19 +80,39 @@ class NflogReader:
 
     def read(self) -> list[DroppedPacket]:
         """Block until the kernel delivers logged packets; returns them parsed."""
-        data = self.sock.recv(1 << 20)
-        packets: list[DroppedPacket] = []
-        offset = 0
-        while offset + 16 <= len(data):
-            length, kind = struct.unpack("=IH", data[offset : offset + 6])
-            if length < 16:
-                break
-            if kind == _MSG_PACKET:
-                packet = _parse_packet(data[offset + 16 : offset + length])
-                if packet is not None:
-                    packets.append(packet)
-            offset += (length + 3) & ~3
-        return packets
+        return _parse_batch(self.sock.recv(1 << 20))
+
+    def wait(self) -> None:
+        """Block until a batch (or an error such as an overrun) is there to read."""
+        select.select([self.sock], [], [])
+
+    def read_queued(self) -> list[DroppedPacket] | None:
+        """The next batch already queued, without blocking; None once the queue is empty.
+
+        The kernel queues a packet's record as the packet is dropped (one per batch, no
+        delay: see the threshold above), so what a process sent before it exited is
+        here once it has exited."""
+        try:
+            data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return None
+        return _parse_batch(data)
+
+
+def _parse_batch(data: bytes) -> list[DroppedPacket]:
+    """The packets of one netlink read (several messages)."""
+    packets: list[DroppedPacket] = []
+    offset = 0
+    while offset + 16 <= len(data):
+        length, kind = struct.unpack("=IH", data[offset : offset + 6])
+        if length < 16:
+            break
+        if kind == _MSG_PACKET:
+            packet = _parse_packet(data[offset + 16 : offset + length])
+            if packet is not None:
+                packets.append(packet)
+        offset += (length + 3) & ~3
+    return packets
 
 
 def _parse_packet(msg: bytes) -> DroppedPacket | None:

@@ -827,3 +827,32 @@ def test_a_silent_client_is_denied_in_enforce_and_let_through_by_address_in_audi
     (event, *_) = events(capsys.readouterr().out)
     assert event["verdict"] == verdict and "no first bytes" in event["reason"]
     assert upstream.connected == ([] if mode == "enforce" else [(PUBLIC, 443)])
+
+
+_START_IMPORTS = """
+import sys
+import sbx.sandbox.runtime.agent
+print("inspect" in sys.modules)
+import sbx.sandbox.runtime.gateway
+from sbx.sandbox.policy import Policy, parse_rule, with_actions
+from sbx.sandbox.runtime.http.tunnel import Inspection
+
+plain = Policy(rules=(parse_rule("pypi.org:443", "step.yaml:1"),))
+assert Inspection.for_policy("s", plain) is None
+print("cryptography" in sys.modules)
+inspected = with_actions(parse_rule("pypi.org:443", "step.yaml:2"), ["GET"], ["/simple/**"])
+inspection = Inspection.for_policy("s", Policy(rules=(inspected,)))
+print(inspection is not None and "BEGIN CERTIFICATE" in inspection.ca.pem())
+"""
+
+
+def test_runtime_starts_without_cryptography_until_a_host_is_inspected() -> None:
+    """cryptography (the largest import on the gateway's start) is loaded only when a rule
+    needs the run CA; the agent's start path stays off dataclasses/inspect. A fresh
+    interpreter, since this one has imported everything."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _START_IMPORTS], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.split() == ["False", "False", "True"]  # agent: inspect; gateway: before, after

@@ -14,7 +14,7 @@ import select
 import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from sbx.sandbox.policy import Policy
 from sbx.sandbox.runtime import pipe
@@ -22,8 +22,10 @@ from sbx.sandbox.runtime.events import emit
 from sbx.sandbox.runtime.http.exchange import Exchange, Record, refusal
 from sbx.sandbox.runtime.http.judge import Judge, canonical_host
 from sbx.sandbox.runtime.http.relay import Side, run
-from sbx.sandbox.runtime.http.tls import RunCA, upstream_context
 from sbx.sandbox.runtime.sniff import MAX_FIRST, read
+
+if TYPE_CHECKING:  # tls imports cryptography (~60 ms): only a gateway that inspects needs it
+    from sbx.sandbox.runtime.http.tls import RunCA
 
 # A first line that any HTTP server might read as a request: a method-like token and a
 # space, a leading empty line, or "HTTP/" anywhere in it. Lenient on purpose: what looks
@@ -58,6 +60,8 @@ class Inspection:
             r.host or r.suffix or str(r.network) for r in policy.rules if r.actions is not None))
         if not names:
             return None
+        from sbx.sandbox.runtime.http.tls import RunCA, upstream_context
+
         return cls(RunCA.create(step, names), upstream_context(upstream_ca))
 
 

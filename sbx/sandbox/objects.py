@@ -89,6 +89,7 @@ class SandboxObjects:
         # The probe process started ahead (exec id, its attached socket), waiting for its
         # description on stdin (see `Probing.spawn_probes`).
         self._probe_exec: tuple[str, Any] | None = None
+        self._counters_reading: threading.Thread | None = None  # see `read_counters_soon`
 
     @contextmanager
     def timed(self, phase: str) -> Iterator[None]:

@@ -148,6 +148,14 @@ class Recorder(SandboxObjects):
             except ENGINE_ERRORS:
                 pass
 
+    def read_counters_soon(self) -> None:
+        """Begin reading the firewall's counters now (the step has exited, so they are
+        complete) while its outputs are copied; `stop` waits for the read."""
+        if self._counters_reading is None:
+            self._counters_reading = threading.Thread(target=self.read_firewall_counters,
+                                                      name="sbx-counters", daemon=True)
+            self._counters_reading.start()
+
     def read_firewall_counters(self) -> None:
         """Read the agent firewall's drop counters (IPv4 and IPv6) before it stops."""
         cid = self.containers.get("agent")

@@ -145,6 +145,7 @@ class Sandbox(Teardown, Probing, RuntimeStart):
         finally:
             if watch is not None:
                 watch.stop()
+        self.read_counters_soon()  # the step has exited: its firewall counters are final
         writer.join(timeout=10)
         self._log_writer = writer
         self._add_time("step", began)

@@ -43,8 +43,6 @@ class Teardown(Recorder):
         # Both have exited, so their log streams end: this waits only for the last lines.
         for follower in self._followers:
             follower.join(timeout=3)
-        for role in ("gateway", "agent"):
-            self._save_runtime_log(role)
 
     def close(self, containers_gone: Callable[[], None] | None = None) -> None:
         """Remove every object of this sandbox; safe to call twice and after any failure.
@@ -66,7 +64,12 @@ class Teardown(Recorder):
                     self.faults.append(f"could not remove the {role}: {exc}")
 
         with ThreadPoolExecutor(max_workers=4) as pool:
-            list(pool.map(remove, ("step", "agent", "gateway")))
+            step_gone = pool.submit(remove, "step")
+            # Their diagnostics (stderr), saved here rather than in `stop`: the verdict
+            # does not wait for them, and the engine has finished their exits by now.
+            list(pool.map(self._save_runtime_log, ("gateway", "agent")))
+            list(pool.map(remove, ("agent", "gateway")))
+            step_gone.result()
         if containers_gone is not None:
             containers_gone()
         try:
@@ -87,11 +90,16 @@ class Teardown(Recorder):
         try:
             if role == "agent":
                 # The counters are the kernel's, complete once the step has exited; an exec
-                # needs the agent's container, so they are read first (while the gateway
-                # stops). Nothing is waited for after them: the step's last drops were
-                # queued in the agent's NFLOG socket as they happened, and on SIGTERM the
-                # agent writes every queued record before its final heartbeat.
-                self.read_firewall_counters()
+                # needs the agent's container, so they are read first (begun as the step
+                # exited: `read_counters_soon`). Nothing is waited for after them: the
+                # step's last drops were queued in the agent's NFLOG socket as they
+                # happened, and on SIGTERM the agent writes every queued record before its
+                # final heartbeat.
+                reading, self._counters_reading = self._counters_reading, None
+                if reading is not None:
+                    reading.join()
+                else:
+                    self.read_firewall_counters()
             # SIGTERM lets the gateway report the bytes of open flows.
             self._terminate(role, cid)
         except ENGINE_ERRORS:

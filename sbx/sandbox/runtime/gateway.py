@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import threading
-from typing import Any
 
 from sbx.sandbox.policy import Policy
 from sbx.sandbox.runtime import heartbeat, limits
@@ -62,7 +61,10 @@ def main() -> None:
     def drops() -> dict[str, int]:
         return {"dns_socket_drops": udp_drops((dns_port,))}
 
-    def stop(_signum: int, _frame: Any) -> None:
+    stopping = threading.Event()
+
+    def stop() -> None:
+        stopping.wait()
         beating.set()
         for server, what in zip(servers, ("dns_udp", "dns_tcp"), strict=True):
             limits.refuse_queued(server.server, what)
@@ -75,8 +77,12 @@ def main() -> None:
         sys.stdout.flush()
         os._exit(0)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    # The handler only wakes the stop thread: it runs on the main thread, which may be
+    # inside emit() (a refusal while the proxy's slots are full) holding the lock that a
+    # flow's handler, holding `flows_lock`, waits for: the stop would wait for both.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stopping.set())
+    threading.Thread(target=stop, name="sbx-stop", daemon=True).start()
     for server in servers:
         server.start_thread()
     emit("gateway", step=step, phase="ready", listen_ip=listen,

@@ -251,3 +251,17 @@ def test_a_chunked_response_is_still_parsed_not_passed() -> None:
     assert ex.passing == 0 and out.records == []
     out = ex.upstream_bytes(b"0\r\n\r\n" + OK)
     assert [(r.verdict.path, r.bytes_in) for r in out.records] == [("/a", 2), ("/b", 2)]
+
+
+def test_a_request_pipelined_behind_a_body_until_close_is_recorded_as_h11_left_it() -> None:
+    # Upstream closes to end the first body: the second request never gets its response,
+    # recorded as it was when h11 read the body (502, then the unreadable response).
+    ex = exchange(host_level())
+    ex.client_bytes(get("/a") + get("/b"))
+    ex.upstream_bytes(b"HTTP/1.1 200 OK\r\n\r\nabc")
+    assert ex.passing == UNTIL_CLOSE
+    ex.upstream_bytes(b"def" + OK)
+    end = ex.upstream_bytes(b"")
+    assert [(r.verdict.verdict, r.verdict.path, r.status, r.bytes_in) for r in end.records] == [
+        ("allowed", "/a", 200, 6 + len(OK)), ("allowed", "/b", 502, 0), ("denied", "", None, 0)]
+    assert end.close

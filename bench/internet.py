@@ -113,11 +113,11 @@ class Internet:
                            + api.logs(cid).decode("utf-8", "replace")[-500:])
 
     def run_plain(self, command: list[str], files: dict[str, bytes], timeout: float = 600,
-                  ) -> str:
+                  env: dict[str, str] | None = None) -> str:
         """Run a container on the plain network (no sandbox): the baseline. Returns stdout."""
         api = self.client.api
         cid = api.create_container(
-            self.image, command=command, working_dir="/workspace",
+            self.image, command=command, working_dir="/workspace", environment=env,
             labels=self.labels("baseline"),
             host_config=api.create_host_config(network_mode=self.network))["Id"]
         self._containers.append(cid)

@@ -140,6 +140,7 @@ class Bench:
     sizes: Sizes
     log: Callable[[str], None]
     internet: Internet | None = None
+    squid_download: bool = False  # throughput also through the Squid sandbox (3b)
     _count: int = 0
 
     # -- helpers -----------------------------------------------------------------------
@@ -299,7 +300,35 @@ class Bench:
                         median(base["mb_per_s"]), "ratio", target=0.8, aim=0.9,
                         details={"samples": boxed["mb_per_s"],
                                  "baseline_samples": base["mb_per_s"]})
-        return [result, *self._memory_results(mem.peak, "during the download")]
+        results = [result, *self._memory_results(mem.peak, "during the download")]
+        # The same bytes without Content-Length (HTTP/1.0, the close ends the body): the
+        # shape the gateway once read through h11 in Python.
+        stream = {"BENCH_STREAM": "1"}
+        self.log(f"throughput: {reps} x {size // MIB} MiB without Content-Length, plain "
+                 "and through the sandbox")
+        base_close = _last_json(net.run_plain(args, files, env=stream))
+        _, _, _, out = self.sbx_run({**doc, "name": "benchclose", "env": stream}, "download-close",
+                                    files, egress_network=net.network)
+        boxed_close = _last_json((out / "logs" / "benchclose.log").read_text())
+        results.insert(1, Result(
+            f"3c. download {size // MIB} MiB, no Content-Length (ends at close)", "MB/s",
+            median(boxed_close["mb_per_s"]), median(base_close["mb_per_s"]), "ratio",
+            target=0.8, aim=0.9, details={"samples": boxed_close["mb_per_s"],
+                                          "baseline_samples": base_close["mb_per_s"]}))
+        if self.squid_download:
+            from bench import squid  # imports this module: not at the top
+
+            squid.ensure_image(self.client, self.log)
+            self.log(f"throughput: {reps} x {size // MIB} MiB through the hand-built Squid "
+                     "sandbox")
+            hand = _last_json(squid.squid_download(self.client, IMAGE, net.network, SERVER_NAME,
+                                                   args, files))
+            results.insert(1, Result(
+                f"3b. download {size // MIB} MiB, sbx vs the Squid sandbox", "MB/s",
+                median(boxed["mb_per_s"]), median(hand["mb_per_s"]), "ratio", target=1.0,
+                details={"samples": boxed["mb_per_s"], "baseline_samples": hand["mb_per_s"],
+                         "direct_samples": base["mb_per_s"]}))
+        return results
 
     def _memory_results(self, peak: dict[str, int], when: str) -> list[Result]:
         missing = [role for role in ROLES if not peak[role]]

@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sbx-bench-") as tmp:
         work = Path(tmp)
         key = keygen(work / "key").private
-        bench = Bench(client, work, key, sizes, lambda m: console.print(f"[dim]· {m}[/]"))
+        bench = Bench(client, work, key, sizes, lambda m: console.print(f"[dim]· {m}[/]"),
+                      squid_download="squid" in wanted)
 
         def attempt(name: str, fn: Any) -> None:
             if name not in wanted:

@@ -104,3 +104,42 @@ def squid_noop(client: docker.DockerClient, step_image: str,
         return time.perf_counter() - began
     finally:
         remove_by_label(client, labels)
+
+
+def squid_download(client: docker.DockerClient, step_image: str, internet_network: str,
+                   server_name: str, command: list[str], files: dict[str, bytes],
+                   timeout: float = 600) -> str:
+    """The step's stdout after running `command` in the hand-built Squid sandbox, with Squid
+    on the bench's internet network allowing `server_name` and the step told its address
+    in $BENCH_PROXY (download.py then asks it for the absolute URL)."""
+    api = client.api
+    run_id = "bench-squid-" + secrets.token_hex(4)
+    labels = {L.RUN: run_id}
+    try:
+        internal = api.create_network(f"{run_id}-int", driver="bridge", internal=True,
+                                      labels=labels)["Id"]
+        squid = api.create_container(
+            SQUID_IMAGE, name=f"{run_id}-squid", labels=labels,
+            host_config=api.create_host_config(network_mode=internet_network))["Id"]
+        api.put_archive(squid, "/etc/squid", pack_files({"squid.conf": squid_conf(
+            (server_name,))}))
+        api.connect_container_to_network(squid, internal)
+        api.start(squid)
+        ip = api.inspect_container(squid)["NetworkSettings"]["Networks"][f"{run_id}-int"][
+            "IPAddress"]
+        _wait_accepting(ip, SQUID_PORT)
+        step = api.create_container(
+            step_image, command=command, labels=labels, working_dir="/workspace",
+            environment={"BENCH_PROXY": f"{ip}:{SQUID_PORT}"},
+            host_config=api.create_host_config(network_mode=f"{run_id}-int",
+                                               cap_drop=["ALL"]))["Id"]
+        api.put_archive(step, "/workspace", pack_files(files))
+        api.start(step)
+        code = api.wait(step, timeout=timeout)["StatusCode"]
+        if code != 0:
+            err = api.logs(step, stdout=False, stderr=True).decode("utf-8", "replace")
+            raise BenchError(f"the step in the Squid sandbox exited {code}: {err[-500:]}")
+        out: bytes = api.logs(step, stdout=True, stderr=False)
+        return out.decode("utf-8", "replace")
+    finally:
+        remove_by_label(client, labels)

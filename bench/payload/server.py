@@ -1,8 +1,9 @@
 """The benchmark's "internet" host: generated bodies over HTTP, a tiny page over HTTPS.
 
 `GET /bytes/N` on port 8080 streams N bytes of a repeating pattern (generated, never
-stored); any GET on port 8443 (TLS, a certificate from the bench's throwaway CA)
-answers a few bytes, for time-to-first-byte. Runs in the step image's python3.
+stored), `GET /stream/N` the same without Content-Length (the close ends it); any GET on
+port 8443 (TLS, a certificate from the bench's throwaway CA) answers a few bytes, for
+time-to-first-byte. Runs in the step image's python3.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass  # thousands of requests: keep the container's log empty
 
     def do_GET(self) -> None:
-        size = int(self.path.rsplit("/", 1)[1]) if self.path.startswith("/bytes/") else 2
+        sized = not self.path.startswith("/stream/")
+        size = int(self.path.rsplit("/", 1)[1]) if self.path.startswith(("/bytes/", "/stream/")) \
+            else 2
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(size))
+        if sized:
+            self.send_header("Content-Length", str(size))
         self.end_headers()
         sock = self.connection
         left = size

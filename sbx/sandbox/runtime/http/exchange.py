@@ -6,7 +6,9 @@ written again by h11 towards upstream: upstream only ever gets requests the gate
 read and framed itself. A request that fails its check gets a 403 from the gateway
 once the responses to the requests before it are through, and nothing after it on the
 connection reaches upstream. Responses are relayed as they come and read by h11 only
-to record each request's status and size.
+to record each request's status and size: h11 reads each head; a body whose end the head
+settles (a Content-Length, or the close of a response without one) is counted, not
+parsed, and the relay may move it in the kernel (`passing`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class Out:
 
 
 _FORBIDDEN: Final = 403
+# `Exchange.passing` for a body that ends when upstream closes: any amount may pass.
+UNTIL_CLOSE: Final = 1 << 62
 
 
 def refusal(reason: str, status: int = _FORBIDDEN) -> bytes:
@@ -78,6 +82,15 @@ def _known_length(response: h11.Response, method: str) -> int | None:
         return None
 
 
+def _until_close(response: h11.Response, method: str) -> bool:
+    """True when h11 would read `response`'s body until upstream closes (HTTP/1.0 style):
+    no Content-Length, not chunked, and a body at all. Nothing after such a body can be
+    a response, so it is counted to the end instead of parsed."""
+    if method in ("HEAD", "CONNECT") or response.status_code in (204, 304):
+        return False
+    return not any(k in (b"content-length", b"transfer-encoding") for k, _ in response.headers)
+
+
 @dataclass
 class _Sent:
     record: Record
@@ -99,6 +112,17 @@ class Exchange:
         # Bytes left of a response body of known length: counted as they pass, not parsed
         # (`upstream_bytes`, and `body_passed` when the caller moved them itself).
         self.body_left = 0
+        # The current response's body runs until upstream closes: counted the same way.
+        self.until_close = False
+
+    @property
+    def passing(self) -> int:
+        """How many upstream bytes the caller may move to the client without showing them
+        here (then it reports them with `body_passed`): the rest of a body being counted,
+        `UNTIL_CLOSE` for one that ends with the connection, 0 while a head is read."""
+        if self.body_left:
+            return self.body_left
+        return UNTIL_CLOSE if self.until_close else 0
 
     # ------------------------------------------------------------------ client side
 
@@ -206,11 +230,17 @@ class Exchange:
             return out
         out.to_client += data
         ended = not data
+        if data and self.until_close:
+            if self._sent:
+                self._sent[0].record.bytes_in += len(data)
+            data = b""  # all of it is that body: nothing more to parse
         if data and self.body_left:
             data = self._count_body(out, data)
-        if ended and self.body_left:
-            # Upstream ended inside a body of known length: that response is cut short.
+        if ended and (self.body_left or self.until_close):
+            # Upstream ended inside a body of known length (that response is cut short), or
+            # ended the body that runs until it closes.
             self.body_left = 0
+            self.until_close = False
             if self._sent:
                 out.records.append(self._sent.popleft().record)
         if ended:
@@ -228,10 +258,14 @@ class Exchange:
         return out
 
     def body_passed(self, n: int) -> Out:
-        """`n` body bytes (at most `body_left`) went from upstream to the client without
+        """`n` body bytes (at most `passing`) went from upstream to the client without
         passing through here (the relay spliced them)."""
         out = Out()
-        self._count_body(out, b"", n)
+        if self.until_close:
+            if self._sent:
+                self._sent[0].record.bytes_in += n
+        else:
+            self._count_body(out, b"", n)
         self._settle(out)
         return out
 
@@ -246,7 +280,7 @@ class Exchange:
         return data[n:] if not passed else b""
 
     def _response(self, out: Out, data: bytes, eof: bool = False) -> None:
-        while self._sent and not out.raw and not self.body_left:
+        while self._sent and not out.raw and not self.body_left and not self.until_close:
             sent = self._sent[0]
             conn = sent.upstream
             if data or eof:
@@ -280,6 +314,14 @@ class Exchange:
                             if self.body_left == 0:
                                 out.records.append(sent.record)
                                 self._sent.popleft()
+                            break
+                        if (not sent.record.verdict.websocket
+                                and _until_close(event, sent.record.verdict.method)):
+                            # The body is everything up to upstream's close: counted too.
+                            buffered, _ = conn.trailing_data
+                            sent.record.bytes_in += len(buffered)
+                            self.until_close = True
+                            data = b""
                             break
                     elif isinstance(event, h11.Data):
                         sent.record.bytes_in += len(event.data)

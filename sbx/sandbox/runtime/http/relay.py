@@ -136,10 +136,12 @@ class Side:
 
 
 class _BodySplice:
-    """A response body of known length, moved socket -> pipe -> socket in the kernel.
+    """A response body whose end the head settled, moved socket -> pipe -> socket in the
+    kernel, never past that end (the next response's head is read here).
 
-    Only for plain HTTP on both sides: h11 read the response head and its length, the
-    exchange counts the body, and its bytes never need to enter this process.
+    Only for plain HTTP on both sides: h11 read the response head and its length (or that
+    it runs until upstream closes), the exchange counts the body, and its bytes never need
+    to enter this process.
     """
 
     def __init__(self) -> None:
@@ -211,8 +213,8 @@ def run(client: Side, upstream: Side, exchange: Exchange, on_record: Callable[[R
             for side in live:
                 if side.sock not in readable:
                     continue
-                if side is upstream and body is not None and exchange.body_left and not raw:
-                    moved = body.move(upstream.sock, client.sock, exchange.body_left)
+                if side is upstream and body is not None and exchange.passing and not raw:
+                    moved = body.move(upstream.sock, client.sock, exchange.passing)
                     if moved:
                         counts[1] += moved
                         if apply(exchange.body_passed(moved)):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from sbx.sandbox.policy import Policy, parse_rule, with_actions
-from sbx.sandbox.runtime.http.exchange import Exchange, Out
+from sbx.sandbox.runtime.http.exchange import UNTIL_CLOSE, Exchange, Out
 from sbx.sandbox.runtime.http.judge import Judge
 
 HOST = "files.example"
@@ -201,3 +201,67 @@ def test_a_body_passed_by_the_relay_is_counted_and_the_next_request_waits_for_it
     done = ex.body_passed(6)
     assert [r.bytes_in for r in done.records] == [10, 0]
     assert done.to_client.startswith(b"HTTP/1.1 403 ") and done.close
+
+
+def test_a_body_until_close_is_counted_to_the_end_and_recorded_then() -> None:
+    ex = exchange(host_level())
+    ex.client_bytes(get("/a"))
+    head = b"HTTP/1.0 200 OK\r\nContent-Type: application/octet-stream\r\n\r\n"
+    out = ex.upstream_bytes(head + b"x" * 1000)
+    assert out.to_client == head + b"x" * 1000 and out.records == []
+    assert ex.passing == UNTIL_CLOSE  # the relay may move the rest without showing it here
+    # Bytes that look like a response are body here, as h11 would read them.
+    more = ex.upstream_bytes(OK)
+    assert more.to_client == OK and more.records == []
+    assert ex.body_passed(5000).records == []
+    end = ex.upstream_bytes(b"")
+    [record] = end.records
+    assert (record.verdict.path, record.status, record.bytes_in) == ("/a", 200,
+                                                                     1000 + len(OK) + 5000)
+    assert end.close
+
+
+def test_a_refused_request_after_a_body_until_close_is_answered_after_it() -> None:
+    ex = exchange(host_level())
+    out = ex.client_bytes(get("/a") + get("/", "denied.example"))
+    assert out.to_upstream.count(b"GET ") == 1
+    first = ex.upstream_bytes(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nbody")
+    assert first.to_client.endswith(b"body") and b"403" not in first.to_client
+    ex.body_passed(10)
+    end = ex.upstream_bytes(b"")
+    assert [(r.verdict.verdict, r.bytes_in) for r in end.records] == [("allowed", 14),
+                                                                      ("denied", 0)]
+    assert end.to_client.startswith(b"HTTP/1.1 403 ")
+
+
+@pytest.mark.parametrize(("method", "status"), [("HEAD", 200), ("GET", 204), ("GET", 304)])
+def test_responses_without_a_body_are_not_read_until_close(method: str, status: int) -> None:
+    ex = exchange(host_level())
+    ex.client_bytes(get("/a").replace(b"GET", method.encode(), 1) + get("/b"))
+    out = ex.upstream_bytes(f"HTTP/1.1 {status} X\r\n\r\n".encode() + OK)
+    assert ex.passing == 0
+    assert [(r.verdict.path, r.status, r.bytes_in) for r in out.records] == [
+        ("/a", status, 0), ("/b", 200, 2)]
+
+
+def test_a_chunked_response_is_still_parsed_not_passed() -> None:
+    ex = exchange(host_level())
+    ex.client_bytes(get("/a") + get("/b"))
+    out = ex.upstream_bytes(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n")
+    assert ex.passing == 0 and out.records == []
+    out = ex.upstream_bytes(b"0\r\n\r\n" + OK)
+    assert [(r.verdict.path, r.bytes_in) for r in out.records] == [("/a", 2), ("/b", 2)]
+
+
+def test_a_request_pipelined_behind_a_body_until_close_is_recorded_as_h11_left_it() -> None:
+    # Upstream closes to end the first body: the second request never gets its response,
+    # recorded as it was when h11 read the body (502, then the unreadable response).
+    ex = exchange(host_level())
+    ex.client_bytes(get("/a") + get("/b"))
+    ex.upstream_bytes(b"HTTP/1.1 200 OK\r\n\r\nabc")
+    assert ex.passing == UNTIL_CLOSE
+    ex.upstream_bytes(b"def" + OK)
+    end = ex.upstream_bytes(b"")
+    assert [(r.verdict.verdict, r.verdict.path, r.status, r.bytes_in) for r in end.records] == [
+        ("allowed", "/a", 200, 6 + len(OK)), ("allowed", "/b", 502, 0), ("denied", "", None, 0)]
+    assert end.close

@@ -81,6 +81,7 @@ def main() -> int:
         for _ in range(args.reps):
             add("docker run", _docker(1))
             add("squid", squid.squid_noop(client, IMAGE))
+            add("squid script", squid.squid_script(client, IMAGE, work))
             for name, path in checkouts.items():
                 add(f"noop {name}", _sbx(path, Bench.noop("noop"), work, key))
         for _ in range(args.pipeline_reps):
@@ -106,7 +107,8 @@ def main() -> int:
     one = {n: med[f"1 step {n}"] for n in checkouts}
     for n in checkouts:
         print(f"{n}: noop {med['noop ' + n] / med['docker run']:.1f}x docker run, "
-              f"{med['noop ' + n] / med['squid']:.2f}x Squid; 8 steps "
+              f"{med['noop ' + n] / med['squid']:.2f}x Squid "
+              f"({med['noop ' + n] / med['squid script']:.2f}x as a docker CLI script); 8 steps "
               f"{med['8 steps ' + n] / one[n]:.2f}x one; 24 steps "
               f"{med['24 steps ' + n] / one[n]:.2f}x one; chain "
               f"{med['chain of 10 ' + n] / med['10 docker runs']:.2f}x ten docker runs")

@@ -57,9 +57,11 @@ class SandboxOptions:
     egress_ready: Callable[[], object] | None = None
     host_ips: tuple[str, ...] = ()
     # How long a probe waits for an answer that would prove a way out. An answer on
-    # these local links takes well under a millisecond; a silent drop is not taken on
-    # the timeout's word but on the firewall's record of it (probe_verdicts).
-    probe_timeout: float = 0.3
+    # these local links (a reset, an ICMP error, made by the kernel) takes well under a
+    # millisecond, and one that arrived while the probe was not scheduled is still read;
+    # a silent drop is not taken on the timeout's word but on the firewall's record of
+    # it (probe_verdicts), so a longer wait would prove nothing more.
+    probe_timeout: float = 0.15
     ready_timeout: float = 20.0
     output_limits: OutputLimits = field(default_factory=OutputLimits)
 

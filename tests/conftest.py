@@ -255,25 +255,32 @@ def only_step(record: dict[str, Any]) -> dict[str, Any]:
     return steps[0]
 
 
+def run_spec(root: Path, spec: dict[str, Any], files: dict[str, bytes] | None = None,
+             egress_network: str | None = None) -> StepRun:
+    """Write a step file from a dict into `root`/ws with `files` beside it, run it into
+    `root`/run, and read its records back."""
+    workspace = root / "ws"
+    workspace.mkdir(exist_ok=True)
+    for name, data in (files or {}).items():
+        (workspace / name).write_bytes(data)
+    path = workspace / "step.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False))
+    started = dt.datetime.now(dt.UTC)
+    result = run_file(path, RunOptions(out_dir=root / "run", egress_network=egress_network),
+                      LiveView(_console(), quiet=False))
+    events = [json.loads(line) for line in
+              (result.out_dir / "events.jsonl").read_text().splitlines()]
+    return StepRun(result, events, started)
+
+
 @pytest.fixture
 def run_step(tmp_path: Path, internet: Internet) -> Any:
     """Write a step file from a dict into a fresh workspace and run it against the internet."""
 
     def run(spec: dict[str, Any], files: dict[str, bytes] | None = None,
             egress_network: str | None = "internet") -> StepRun:
-        workspace = tmp_path / "ws"
-        workspace.mkdir(exist_ok=True)
-        for name, data in (files or {}).items():
-            (workspace / name).write_bytes(data)
-        path = workspace / "step.yaml"
-        path.write_text(yaml.safe_dump(spec))
-        started = dt.datetime.now(dt.UTC)
         net = internet.network if egress_network == "internet" else egress_network
-        result = run_file(path, RunOptions(out_dir=tmp_path / "run", egress_network=net),
-                               LiveView(_console(), quiet=False))
-        events = [json.loads(line) for line in
-                  (result.out_dir / "events.jsonl").read_text().splitlines()]
-        return StepRun(result, events, started)
+        return run_spec(tmp_path, spec, files, net)
 
     return run
 

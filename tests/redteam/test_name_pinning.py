@@ -23,10 +23,9 @@ import docker
 import pytest
 import yaml
 
-from sbx.pipelines.report.live import LiveView
 from sbx.pipelines.run.records import is_decision, parse_time
-from sbx.pipelines.run.runner import RunOptions, RunResult, run_file
-from tests.conftest import Internet, _console
+from sbx.pipelines.run.runner import RunResult
+from tests.conftest import Internet, run_spec
 from tests.redteam.conftest import SharedHost
 
 STEP_SCRIPT = Path(__file__).parent / "steps" / "pinning.py"
@@ -70,21 +69,14 @@ class Pinning:
 @pytest.fixture(scope="module")
 def pinning(shared_host: SharedHost, internet: Internet, docker_client: docker.DockerClient,
             tmp_path_factory: pytest.TempPathFactory) -> Pinning:
-    tmp = tmp_path_factory.mktemp("pinning")
-    ws = tmp / "ws"
-    ws.mkdir()
-    (ws / "pinning.py").write_bytes(STEP_SCRIPT.read_bytes())
     spec = {"name": "pinning", "image": "sbx-step:bookworm",
             "run": "mkdir -p out && python3 pinning.py out/r.json",
             "inputs": ["pinning.py"], "outputs": ["out/"],
             "egress": {"mode": "enforce", "allow": ALLOW}, "resources": {"timeout": 300}}
-    (ws / "step.yaml").write_text(yaml.safe_dump(spec, allow_unicode=True))
-    result = run_file(ws / "step.yaml", RunOptions(out_dir=tmp / "run",
-                                                   egress_network=internet.network),
-                      LiveView(_console(), quiet=False))
-    out = result.out_dir
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-    results = json.loads((out / "outputs" / "pinning" / "out" / "r.json").read_text())
+    run = run_spec(tmp_path_factory.mktemp("pinning"), spec,
+                   {"pinning.py": STEP_SCRIPT.read_bytes()}, internet.network)
+    result, events = run.result, run.events
+    results = json.loads(run.output("out/r.json"))
     raw = docker_client.api.logs(shared_host.host.container_id, stdout=True, stderr=False)
     hits = [h for h in map(json.loads, raw.decode().splitlines()) if h["kind"] != "ready"]
     return Pinning(result, results, events, hits)

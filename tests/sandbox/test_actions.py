@@ -23,7 +23,6 @@ from typing import Any
 
 import docker
 import pytest
-import yaml
 from cryptography.hazmat.primitives import serialization
 
 from sbx.attest.signing.local import KeyPair, load_public_key
@@ -31,10 +30,8 @@ from sbx.attest.verify.model import Check, Status
 from sbx.attest.verify.policy import DEFAULT_POLICY, IsolationPolicy, ReleasePolicy
 from sbx.attest.verify.trust import KeyTrust
 from sbx.attest.verify.verifier import verify_run
-from sbx.pipelines.report.live import LiveView
-from sbx.pipelines.run.runner import RunOptions, run_file
 from sbx.sandbox.archive import pack_files
-from tests.conftest import TEST_LABEL, Internet, _ca, _cert, _console
+from tests.conftest import TEST_LABEL, Internet, _ca, _cert, run_spec
 
 pytestmark = pytest.mark.docker
 
@@ -117,10 +114,6 @@ def actions_run(internet: Internet, docker_client: docker.DockerClient,
             if b'"ready"' in api.logs(cid):
                 break
             time.sleep(0.05)
-        ws = tmp / "ws"
-        ws.mkdir()
-        (ws / "actions_client.py").write_bytes(CLIENT.read_bytes())
-        (ws / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
         spec = {
             "name": "actions", "image": "sbx-step:bookworm",
             "run": [["python3", "actions_client.py"]],
@@ -133,16 +126,13 @@ def actions_run(internet: Internet, docker_client: docker.DockerClient,
                 "plain.sbx.test:8080",
             ]},
         }
-        (ws / "step.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-        result = run_file(ws / "step.yaml", RunOptions(out_dir=tmp / "run",
-                                                       egress_network=internet.network),
-                          LiveView(_console(), quiet=False))
-        out = result.out_dir
-        events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
-        results = json.loads((out / "outputs" / "actions" / "results.json").read_text())
+        run = run_spec(tmp, spec, {"actions_client.py": CLIENT.read_bytes(),
+                                   "ca.pem": ca.public_bytes(serialization.Encoding.PEM)},
+                       internet.network)
+        results = json.loads(run.output("results.json"))
         host_log = [json.loads(line) for line in api.logs(cid, stderr=False).decode().splitlines()]
-        yield ActionsRun(results, events, [h for h in host_log if h.get("kind") == "http"], out,
-                         ws)
+        yield ActionsRun(results, run.events, [h for h in host_log if h.get("kind") == "http"],
+                         run.out, tmp / "ws")
     finally:
         api.remove_container(cid, force=True)
 

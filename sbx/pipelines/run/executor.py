@@ -99,6 +99,10 @@ class Executor:
     _gone: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _prepare_slots: OrderedSlots = field(default_factory=lambda: OrderedSlots(PREPARE_SLOTS))
+    _tickets: dict[str, int] = field(default_factory=dict)  # see `preparation_order`
+
+    def __post_init__(self) -> None:
+        self._tickets = preparation_order({n: st.plan.needs for n, st in self.steps.items()})
 
     def start(self) -> list[threading.Thread]:
         """One worker per step, started at once."""
@@ -193,7 +197,7 @@ class Executor:
                 else SandboxFailure(f"{type(exc).__name__}: {exc}"))
 
     def _prepare(self, st: StepState) -> None:
-        ticket = preparation_order({n: o.plan.needs for n, o in self.steps.items()})[st.name]
+        ticket = self._tickets[st.name]
         admitted = False
         try:
             if st.error is not None:  # its image could not be had (runner._pull_images)

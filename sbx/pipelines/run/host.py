@@ -10,6 +10,7 @@ import docker
 import psutil
 
 from sbx.sandbox import labels
+from sbx.sandbox.engine import ENGINE_ERRORS
 from sbx.sandbox.network import create_egress_network
 
 # The step label of the run's own objects (its egress network): not a step name, since
@@ -61,7 +62,7 @@ class RunEgress:
         def remove() -> None:
             try:
                 self._client.api.remove_network(run_egress_name(self._run_id))
-            except docker.errors.DockerException:
+            except ENGINE_ERRORS:  # the engine gone too: the final clean-up says so
                 pass
 
         self._spawn(remove)

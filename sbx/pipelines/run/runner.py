@@ -278,7 +278,7 @@ def _run_file(path: Path, options: RunOptions, view: LiveView) -> RunResult:
     for st in states.values():
         st.imported = imported
     executor = Executor(states, out, events, masker, view, engine_info.version, save, alerter,
-                        run_egress.remove if run_egress else None)
+                        containers_gone=run_egress.remove if run_egress else None)
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     threads: list[threading.Thread] = []
     try:
